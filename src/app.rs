@@ -1,0 +1,136 @@
+//! The running service: everything a request handler or a socket task may reach, and the lifecycle
+//! that starts and stops it. The same `start` runs in production and in tests.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    auth::Auth,
+    chat::Chat,
+    config::{Config, ConfigError},
+    hub::{CloseCode, Hub},
+    store::{Store, StoreError},
+};
+
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub chat: Chat,
+    pub auth: Auth,
+    pub started_at: Instant,
+    /// Fires when the server starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Every WebSocket task, so shutdown can wait for them.
+    pub sockets: TaskTracker,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open the database: {0}")]
+    Database(#[source] StoreError),
+    #[error("cannot apply migrations: {0}")]
+    Migration(#[source] StoreError),
+    #[error(
+        "the database has {0} pending migration(s) and database.auto_migrate is false; run `teachlyd migrate`"
+    )]
+    PendingMigrations(usize),
+    #[error("cannot read the listening address: {0}")]
+    Listener(#[source] std::io::Error),
+}
+
+/// A server that is up: its address, and the way to stop it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    background: TaskTracker,
+    http: tokio::task::JoinHandle<()>,
+}
+
+/// Opens the database, migrates, and serves HTTP and WebSocket on `listener` until `stop`.
+pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServer, StartError> {
+    let addr = listener.local_addr().map_err(StartError::Listener)?;
+    let store = Store::connect(&config.database.url, config.database.max_connections)
+        .await
+        .map_err(StartError::Database)?;
+    if config.database.auto_migrate {
+        store.migrate().await.map_err(StartError::Migration)?;
+    } else {
+        let pending = store
+            .migration_status()
+            .await
+            .map_err(StartError::Database)?
+            .iter()
+            .filter(|m| !m.applied)
+            .count();
+        if pending > 0 {
+            return Err(StartError::PendingMigrations(pending));
+        }
+    }
+    let auth = Auth::new(&config, store.clone())?;
+    let shutdown = CancellationToken::new();
+    let background = TaskTracker::new();
+    let hub = Arc::new(Hub::new(config.limits.max_connections_per_user));
+    let chat = Chat::start(
+        &config,
+        store.clone(),
+        Arc::clone(&hub),
+        shutdown.child_token(),
+        &background,
+    );
+    let app = Arc::new(App {
+        config,
+        store,
+        hub,
+        chat,
+        auth,
+        started_at: Instant::now(),
+        shutdown: shutdown.clone(),
+        sockets: TaskTracker::new(),
+    });
+    let routes = crate::http::routes(Arc::clone(&app));
+    let graceful = shutdown.clone().cancelled_owned();
+    let http = tokio::spawn(async move {
+        warp::serve(routes)
+            .incoming(listener)
+            .graceful(graceful)
+            .run()
+            .await;
+    });
+    tracing::info!(%addr, database = app.store.backend_name(), "teachlyd is serving");
+    Ok(RunningServer {
+        addr,
+        app,
+        background,
+        http,
+    })
+}
+
+impl RunningServer {
+    /// Stops accepting, closes every socket with 1001, commits what was accepted, and closes the
+    /// database; gives up waiting after `server.shutdown_grace`.
+    pub async fn stop(self) {
+        let grace = self.app.config.server.shutdown_grace.0;
+        self.app.shutdown.cancel();
+        self.app.hub.close_all(CloseCode::GoingAway);
+        self.app.sockets.close();
+        self.background.close();
+        let drained = async {
+            let _ = self.http.await;
+            self.app.sockets.wait().await;
+            self.background.wait().await;
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "shutdown grace ran out; stopping with work in flight"
+            );
+        }
+        self.app.store.close().await;
+        tracing::info!("teachlyd stopped");
+    }
+}

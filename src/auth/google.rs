@@ -1,0 +1,268 @@
+//! Verifying Google ID tokens: RS256 signatures against Google's published keys (JWKS), cached for the
+//! response's `Cache-Control: max-age`, refetched at once when a token names a key we do not know, but
+//! never more than once per `REFETCH_INTERVAL` so a flood of made-up key ids cannot hammer Google.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use jsonwebtoken::{
+    Algorithm, DecodingKey, Validation,
+    errors::ErrorKind,
+    jwk::{AlgorithmParameters, JwkSet, KeyAlgorithm, PublicKeyUse},
+};
+use serde::Deserialize;
+
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+const SKEW_SECONDS: u64 = 60;
+const REFETCH_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
+const LONGEST_MAX_AGE: Duration = Duration::from_secs(86_400);
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct GoogleVerifierConfig {
+    pub jwks_url: String,
+    pub client_ids: Vec<String>,
+    pub issuers: Vec<String>,
+}
+
+/// Who the token says signed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoogleIdentity {
+    pub sub: String,
+    pub name: Option<String>,
+    pub picture: Option<String>,
+    pub email: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GoogleAuthError {
+    /// The token is refused (401). The sentence never quotes the token.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("Google's signing keys could not be fetched")]
+    KeysUnavailable,
+}
+
+fn invalid(reason: &str) -> GoogleAuthError {
+    GoogleAuthError::Invalid(reason.to_owned())
+}
+
+#[derive(Deserialize)]
+struct GoogleClaims {
+    sub: String,
+    iat: Option<u64>,
+    name: Option<String>,
+    picture: Option<String>,
+    email: Option<String>,
+}
+
+#[derive(Default)]
+struct Keys {
+    by_id: HashMap<String, DecodingKey>,
+    fresh_until: Option<Instant>,
+}
+
+pub struct GoogleVerifier {
+    http: reqwest::Client,
+    config: GoogleVerifierConfig,
+    keys: RwLock<Arc<Keys>>,
+    /// One fetch at a time; the others wait and use its result.
+    fetching: tokio::sync::Mutex<()>,
+    last_fetch: Mutex<Option<Instant>>,
+}
+
+impl GoogleVerifier {
+    pub fn new(http: reqwest::Client, config: GoogleVerifierConfig) -> Self {
+        Self {
+            http,
+            config,
+            keys: RwLock::new(Arc::new(Keys::default())),
+            fetching: tokio::sync::Mutex::new(()),
+            last_fetch: Mutex::new(None),
+        }
+    }
+
+    pub async fn verify(&self, id_token: &str) -> Result<GoogleIdentity, GoogleAuthError> {
+        if id_token.len() > MAX_TOKEN_BYTES {
+            return Err(invalid("the ID token is too long"));
+        }
+        let header = jsonwebtoken::decode_header(id_token)
+            .map_err(|_| invalid("the ID token is malformed"))?;
+        if header.alg != Algorithm::RS256 {
+            return Err(invalid("the ID token must be signed with RS256"));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| invalid("the ID token does not name its signing key"))?;
+        let key = self.key(&kid).await?;
+
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.leeway = SKEW_SECONDS;
+        validation.validate_nbf = true;
+        validation.set_audience(&self.config.client_ids);
+        validation.set_issuer(&self.config.issuers);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let claims = jsonwebtoken::decode::<GoogleClaims>(id_token, &key, &validation)
+            .map_err(|error| GoogleAuthError::Invalid(explain(error.kind()).into()))?
+            .claims;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if claims.iat.is_some_and(|iat| iat > now + SKEW_SECONDS) {
+            return Err(invalid("the ID token is not valid yet"));
+        }
+        if claims.sub.trim().is_empty() {
+            return Err(invalid("the ID token has no subject"));
+        }
+        Ok(GoogleIdentity {
+            sub: claims.sub,
+            name: claims.name.filter(|n| !n.trim().is_empty()),
+            picture: claims.picture,
+            email: claims.email,
+        })
+    }
+
+    fn cached(&self) -> Arc<Keys> {
+        Arc::clone(
+            &self
+                .keys
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    async fn key(&self, kid: &str) -> Result<DecodingKey, GoogleAuthError> {
+        let keys = self.cached();
+        let fresh = keys.fresh_until.is_some_and(|until| Instant::now() < until);
+        if fresh && let Some(key) = keys.by_id.get(kid) {
+            return Ok(key.clone());
+        }
+        let refetched = self.refetch(fresh).await;
+        let keys = self.cached();
+        match (keys.by_id.get(kid), refetched) {
+            (Some(key), _) => Ok(key.clone()),
+            (None, Err(error)) if keys.by_id.is_empty() => Err(error),
+            (None, _) => Err(invalid("the ID token was signed with an unknown key")),
+        }
+    }
+
+    /// Fetches the key set again, unless another task just did, or (for an unknown key id while the
+    /// cache is fresh) the last fetch was less than `REFETCH_INTERVAL` ago.
+    async fn refetch(&self, cache_is_fresh: bool) -> Result<(), GoogleAuthError> {
+        let _one_at_a_time = self.fetching.lock().await;
+        let last = *self
+            .last_fetch
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.is_some_and(|at| at.elapsed() < REFETCH_INTERVAL) {
+            // Fetched a moment ago (maybe while we waited for the lock): that answer stands.
+            return if cache_is_fresh || !self.cached().by_id.is_empty() {
+                Ok(())
+            } else {
+                Err(GoogleAuthError::KeysUnavailable)
+            };
+        }
+        *self
+            .last_fetch
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+        match self.fetch().await {
+            Ok(keys) => {
+                *self
+                    .keys
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(keys);
+                Ok(())
+            }
+            Err(reason) => {
+                tracing::warn!(url = %self.config.jwks_url, %reason, "fetching Google's signing keys failed");
+                Err(GoogleAuthError::KeysUnavailable)
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<Keys, String> {
+        let response = self
+            .http
+            .get(&self.config.jwks_url)
+            .timeout(FETCH_TIMEOUT)
+            .send()
+            .await
+            .map_err(|error| error.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        let max_age = response
+            .headers()
+            .get(reqwest::header::CACHE_CONTROL)
+            .and_then(|value| value.to_str().ok())
+            .and_then(max_age)
+            .unwrap_or(DEFAULT_MAX_AGE)
+            .min(LONGEST_MAX_AGE);
+        let set: JwkSet = response.json().await.map_err(|error| error.to_string())?;
+        let by_id: HashMap<String, DecodingKey> = set
+            .keys
+            .iter()
+            .filter(|jwk| matches!(jwk.algorithm, AlgorithmParameters::RSA(_)))
+            .filter(|jwk| {
+                matches!(
+                    jwk.common.public_key_use,
+                    None | Some(PublicKeyUse::Signature)
+                )
+            })
+            .filter(|jwk| matches!(jwk.common.key_algorithm, None | Some(KeyAlgorithm::RS256)))
+            .filter_map(|jwk| Some((jwk.common.key_id.clone()?, DecodingKey::from_jwk(jwk).ok()?)))
+            .collect();
+        if by_id.is_empty() {
+            return Err("the key set holds no usable RS256 key".into());
+        }
+        Ok(Keys {
+            by_id,
+            fresh_until: Some(Instant::now() + max_age),
+        })
+    }
+}
+
+/// `max-age=N` from a Cache-Control header.
+fn max_age(cache_control: &str) -> Option<Duration> {
+    cache_control.split(',').find_map(|directive| {
+        let (name, value) = directive.trim().split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("max-age")
+            .then(|| value.trim().trim_matches('"').parse().ok())
+            .flatten()
+            .map(Duration::from_secs)
+    })
+}
+
+fn explain(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::ExpiredSignature => "the ID token has expired",
+        ErrorKind::ImmatureSignature => "the ID token is not valid yet",
+        ErrorKind::InvalidAudience => "the ID token was issued for another client",
+        ErrorKind::InvalidIssuer => "the ID token was not issued by Google",
+        ErrorKind::InvalidSignature => "the ID token's signature is not valid",
+        ErrorKind::MissingRequiredClaim(_) => "the ID token lacks a required claim",
+        ErrorKind::InvalidAlgorithm => "the ID token must be signed with RS256",
+        _ => "the ID token is malformed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_max_age() {
+        assert_eq!(
+            max_age("public, max-age=21451, must-revalidate"),
+            Some(Duration::from_secs(21451))
+        );
+        assert_eq!(max_age("MAX-AGE=\"60\""), Some(Duration::from_secs(60)));
+        assert_eq!(max_age("no-cache"), None);
+        assert_eq!(max_age("max-age=soon"), None);
+    }
+}

@@ -1,0 +1,243 @@
+//! Signing in (Google, dev login), refreshing and signing out, and checking access tokens.
+
+pub mod google;
+pub mod session;
+
+use std::sync::Arc;
+
+use sqlx::types::time::OffsetDateTime;
+
+use crate::{
+    config::Config,
+    domain::{User, UserId, now},
+    store::{Identity, Rotation, Store, StoreError, tokens::NewRefreshToken},
+};
+use google::{GoogleAuthError, GoogleVerifier, GoogleVerifierConfig};
+use session::{
+    AccessTokenError, SessionKeys, hash_refresh_token, new_family_id, new_refresh_token,
+};
+
+/// What a successful sign-in or refresh answers.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user: User,
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("sign in first: send `Authorization: Bearer <access token>`")]
+    MissingToken,
+    #[error(transparent)]
+    Access(#[from] AccessTokenError),
+    #[error("{0}")]
+    Google(String),
+    #[error("Google's signing keys could not be fetched; try again shortly")]
+    KeysUnavailable,
+    #[error("Google sign-in is not configured on this server")]
+    GoogleDisabled,
+    #[error("dev login is turned off on this server")]
+    DevLoginDisabled,
+    #[error("the refresh token is not valid")]
+    UnknownRefreshToken,
+    #[error("the refresh token has expired; sign in again")]
+    RefreshExpired,
+    #[error("the refresh token was already used; every session of this sign-in is now revoked")]
+    RefreshReused,
+    #[error("the user of this token no longer exists")]
+    UnknownUser,
+    #[error("the server could not complete this; try again")]
+    Store(#[from] StoreError),
+}
+
+impl AuthError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::MissingToken => "not_authenticated",
+            AuthError::Access(AccessTokenError::Expired) => "token_expired",
+            AuthError::Access(AccessTokenError::Invalid) => "invalid_token",
+            AuthError::Google(_) => "invalid_token",
+            AuthError::KeysUnavailable => "auth_unavailable",
+            AuthError::GoogleDisabled | AuthError::DevLoginDisabled => "not_found",
+            AuthError::UnknownRefreshToken => "invalid_token",
+            AuthError::RefreshExpired => "token_expired",
+            AuthError::RefreshReused => "token_reused",
+            AuthError::UnknownUser => "invalid_token",
+            AuthError::Store(_) => "internal",
+        }
+    }
+}
+
+impl From<GoogleAuthError> for AuthError {
+    fn from(error: GoogleAuthError) -> Self {
+        match error {
+            GoogleAuthError::Invalid(reason) => AuthError::Google(reason),
+            GoogleAuthError::KeysUnavailable => AuthError::KeysUnavailable,
+        }
+    }
+}
+
+pub struct Auth {
+    store: Store,
+    keys: SessionKeys,
+    google: Option<GoogleVerifier>,
+    dev_login: bool,
+}
+
+pub type SharedAuth = Arc<Auth>;
+
+impl Auth {
+    pub fn new(config: &Config, store: Store) -> Result<Self, crate::config::ConfigError> {
+        let modes = config.login_modes()?;
+        let secret = match &config.auth.session_secret {
+            Some(secret) => secret.expose().as_bytes().to_vec(),
+            None => {
+                tracing::warn!(
+                    "no auth.session_secret is set: using a random one, so sessions end when teachlyd stops"
+                );
+                SessionKeys::random_secret()
+            }
+        };
+        if modes.dev_login {
+            tracing::warn!(
+                "dev login is on: anyone who can reach {} can sign in as any name",
+                config.server.listen
+            );
+        }
+        let google = modes.google.then(|| {
+            GoogleVerifier::new(
+                reqwest::Client::new(),
+                GoogleVerifierConfig {
+                    jwks_url: config.auth.google_jwks_url.clone(),
+                    client_ids: config.auth.google_client_ids.clone(),
+                    issuers: config.auth.google_issuers.clone(),
+                },
+            )
+        });
+        Ok(Self {
+            store,
+            keys: SessionKeys::new(
+                &secret,
+                config.auth.access_token_ttl.0,
+                config.auth.refresh_token_ttl.0,
+            ),
+            google,
+            dev_login: modes.dev_login,
+        })
+    }
+
+    pub fn dev_login_enabled(&self) -> bool {
+        self.dev_login
+    }
+
+    /// The user id of a valid access token.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<UserId, AuthError> {
+        let token = token.ok_or(AuthError::MissingToken)?;
+        Ok(self.keys.verify_access(token)?)
+    }
+
+    pub async fn login_google(&self, id_token: &str) -> Result<Session, AuthError> {
+        let verifier = self.google.as_ref().ok_or(AuthError::GoogleDisabled)?;
+        let identity = verifier.verify(id_token).await?;
+        let name = identity
+            .name
+            .as_deref()
+            .or(identity.email.as_deref())
+            .unwrap_or("Teachly user");
+        let user = self
+            .store
+            .upsert_user(&Identity {
+                google_id: &identity.sub,
+                name,
+                avatar_url: identity.picture.as_deref(),
+                email: identity.email.as_deref(),
+            })
+            .await?;
+        self.start_session(user).await
+    }
+
+    /// Signs in as `name` without any check: only where dev login is on.
+    pub async fn login_dev(&self, name: &str) -> Result<Session, AuthError> {
+        if !self.dev_login {
+            return Err(AuthError::DevLoginDisabled);
+        }
+        let google_id = format!("dev:{name}");
+        let user = self
+            .store
+            .upsert_user(&Identity {
+                google_id: &google_id,
+                name,
+                avatar_url: None,
+                email: None,
+            })
+            .await?;
+        self.start_session(user).await
+    }
+
+    async fn start_session(&self, user: User) -> Result<Session, AuthError> {
+        let (refresh_token, hash) = new_refresh_token();
+        let family = new_family_id();
+        self.store
+            .insert_refresh_token(&NewRefreshToken {
+                hash: &hash,
+                family_id: &family,
+                user_id: user.id,
+                expires_at: self.refresh_expiry(now()),
+            })
+            .await?;
+        Ok(self.session(user, refresh_token))
+    }
+
+    fn session(&self, user: User, refresh_token: String) -> Session {
+        Session {
+            access_token: self.keys.issue_access(user.id),
+            expires_in: self.keys.access_ttl.as_secs(),
+            refresh_token,
+            user,
+        }
+    }
+
+    fn refresh_expiry(&self, from: OffsetDateTime) -> OffsetDateTime {
+        from + self.keys.refresh_ttl
+    }
+
+    /// Spends `refresh_token` for a new pair. A token presented a second time revokes its family.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Session, AuthError> {
+        let (successor, successor_hash) = new_refresh_token();
+        let at = now();
+        let rotation = self
+            .store
+            .rotate_refresh_token(
+                &hash_refresh_token(refresh_token),
+                &successor_hash,
+                self.refresh_expiry(at),
+                at,
+            )
+            .await?;
+        match rotation {
+            Rotation::Rotated { user_id } => {
+                let user = self
+                    .store
+                    .user(user_id)
+                    .await?
+                    .ok_or(AuthError::UnknownUser)?;
+                Ok(self.session(user, successor))
+            }
+            Rotation::Unknown => Err(AuthError::UnknownRefreshToken),
+            Rotation::Expired => Err(AuthError::RefreshExpired),
+            Rotation::Reused => {
+                tracing::warn!("a spent refresh token was presented again; its family is revoked");
+                Err(AuthError::RefreshReused)
+            }
+        }
+    }
+
+    pub async fn logout(&self, refresh_token: &str) -> Result<(), AuthError> {
+        self.store
+            .revoke_refresh_token(&hash_refresh_token(refresh_token), now())
+            .await?;
+        Ok(())
+    }
+}

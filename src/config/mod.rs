@@ -1,0 +1,543 @@
+//! Configuration: built-in defaults, then the TOML file, then the fixed environment names of SPEC §2,
+//! then `validate`. Every error names the key to fix.
+
+mod duration;
+mod secret;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::{DurationParseError, HumanDuration};
+pub use secret::{Secret, mask_url_password};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/teachlyd/config.toml";
+pub const GOOGLE_JWKS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+    pub limits: LimitsConfig,
+    pub spam: SpamConfig,
+    pub urls: UrlsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub cors_origins: Vec<String>,
+    pub shutdown_grace: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct DatabaseConfig {
+    #[serde(serialize_with = "secret::serialize_masked_url")]
+    pub url: String,
+    pub auto_migrate: bool,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct AuthConfig {
+    pub google_client_ids: Vec<String>,
+    pub google_jwks_url: String,
+    pub google_issuers: Vec<String>,
+    pub access_token_ttl: HumanDuration,
+    pub refresh_token_ttl: HumanDuration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev_login: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_secret: Option<Secret<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct LimitsConfig {
+    pub max_message_chars: usize,
+    pub max_frame_bytes: usize,
+    pub max_connections_per_user: usize,
+    pub outbound_queue: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct SpamConfig {
+    pub max_repeated_chars: usize,
+    pub max_urls: usize,
+    pub duplicate_limit: usize,
+    pub duplicate_window: HumanDuration,
+    pub blocked_words: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct UrlsConfig {
+    pub blocked_domains: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8000".into(),
+            cors_origins: Vec::new(),
+            shutdown_grace: HumanDuration::secs(10),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://teachlyd.db".into(),
+            auto_migrate: true,
+            max_connections: 10,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            google_client_ids: Vec::new(),
+            google_jwks_url: GOOGLE_JWKS_URL.into(),
+            google_issuers: vec![
+                "accounts.google.com".into(),
+                "https://accounts.google.com".into(),
+            ],
+            access_token_ttl: HumanDuration::secs(15 * 60),
+            refresh_token_ttl: HumanDuration::secs(30 * 86_400),
+            dev_login: None,
+            session_secret: None,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_chars: 1000,
+            max_frame_bytes: 16 * 1024,
+            max_connections_per_user: 5,
+            outbound_queue: 1024,
+        }
+    }
+}
+
+impl Default for SpamConfig {
+    fn default() -> Self {
+        Self {
+            max_repeated_chars: 30,
+            max_urls: 5,
+            duplicate_limit: 3,
+            duplicate_window: HumanDuration::secs(60),
+            blocked_words: Vec::new(),
+        }
+    }
+}
+
+/// A configuration problem, always tied to the key that has to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("the config file {path} is not valid TOML: {reason}")]
+    Syntax { path: PathBuf, reason: String },
+    #[error("unknown config key `{0}`; see config.toml.example for the keys that exist")]
+    UnknownKey(String),
+    #[error("invalid value for `{key}`{from}: {reason}")]
+    Invalid {
+        key: String,
+        from: String,
+        reason: String,
+    },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        from: String::new(),
+        reason: reason.into(),
+    }
+}
+
+/// How people sign in, decided once from the config (SPEC §2 "Login modes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginModes {
+    pub google: bool,
+    pub dev_login: bool,
+}
+
+/// Where the configuration came from, for `config check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    File(PathBuf),
+    Defaults,
+}
+
+impl Config {
+    /// Finds the file the way SPEC §2 says (`--config`, `TEACHLYD_CONFIG`, the system path if it exists,
+    /// else defaults), applies the environment and validates.
+    pub fn load(explicit: Option<&Path>) -> Result<(Self, ConfigSource), ConfigError> {
+        let env = |name: &str| std::env::var(name).ok();
+        let path = match explicit {
+            Some(path) => Some(path.to_path_buf()),
+            None => env("TEACHLYD_CONFIG")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| {
+                    let system = PathBuf::from(DEFAULT_CONFIG_PATH);
+                    system.exists().then_some(system)
+                }),
+        };
+        let (mut config, source) = match path {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(&path).map_err(|error| ConfigError::Unreadable {
+                        path: path.clone(),
+                        reason: error.to_string(),
+                    })?;
+                (Self::from_toml(&text, &path)?, ConfigSource::File(path))
+            }
+            None => (Self::default(), ConfigSource::Defaults),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok((config, source))
+    }
+
+    /// Parses a config file's text; unknown keys are errors naming their dotted path.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let deserializer =
+            toml::Deserializer::parse(text).map_err(|error| ConfigError::Syntax {
+                path: path.to_path_buf(),
+                reason: one_line(&error.to_string()),
+            })?;
+        let mut unknown = Vec::new();
+        let config: Config =
+            serde_ignored::deserialize(deserializer, |ignored| unknown.push(ignored.to_string()))
+                .map_err(|error| {
+                let reason = one_line(&error.to_string());
+                ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    reason,
+                }
+            })?;
+        match unknown.into_iter().next() {
+            Some(key) => Err(ConfigError::UnknownKey(key)),
+            None => Ok(config),
+        }
+    }
+
+    /// Applies the environment variables whose names SPEC §2 fixes.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let list = |value: String| -> Vec<String> {
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        if let Some(url) = env("DATABASE_URL") {
+            self.database.url = url;
+        }
+        if let Some(ids) = env("GOOGLE_CLIENT_ID") {
+            self.auth.google_client_ids = list(ids);
+        }
+        if let Some(level) = env("LOG_LEVEL") {
+            self.log.level = level;
+        }
+        if let Some(origins) = env("CORS_ORIGINS") {
+            self.server.cors_origins = list(origins);
+        }
+        if let Some(listen) = env("TEACHLYD_LISTEN") {
+            self.server.listen = listen;
+        }
+        if let Some(secret) = env("TEACHLYD_SESSION_SECRET") {
+            self.auth.session_secret = Some(Secret::new(secret));
+        }
+        Ok(())
+    }
+
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        for origin in &self.server.cors_origins {
+            validate_origin(origin)?;
+        }
+        if self.server.shutdown_grace.0.is_zero() {
+            return Err(invalid("server.shutdown_grace", "must be longer than 0s"));
+        }
+        validate_database_url(&self.database.url)?;
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        self.validate_auth()?;
+        validate_log_level(&self.log.level)?;
+        self.validate_limits()?;
+        let spam = &self.spam;
+        if spam.duplicate_limit > 0 && spam.duplicate_window.0.is_zero() {
+            return Err(invalid("spam.duplicate_window", "must be longer than 0s"));
+        }
+        for domain in &mut self.urls.blocked_domains {
+            *domain = normalize_domain(domain)?;
+        }
+        if self.spam.blocked_words.iter().any(|w| w.trim().is_empty()) {
+            return Err(invalid("spam.blocked_words", "an entry is empty"));
+        }
+        self.login_modes()?;
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        if auth.google_client_ids.iter().any(|id| id.trim().is_empty()) {
+            return Err(invalid("auth.google_client_ids", "an entry is empty"));
+        }
+        let jwks = url::Url::parse(&auth.google_jwks_url)
+            .map_err(|error| invalid("auth.google_jwks_url", format!("not a URL: {error}")))?;
+        if !matches!(jwks.scheme(), "http" | "https") {
+            return Err(invalid(
+                "auth.google_jwks_url",
+                "must be an http or https URL",
+            ));
+        }
+        if auth.google_issuers.is_empty() {
+            return Err(invalid(
+                "auth.google_issuers",
+                "must list at least one issuer",
+            ));
+        }
+        if auth.access_token_ttl.0.as_secs() < 10 {
+            return Err(invalid("auth.access_token_ttl", "must be at least 10s"));
+        }
+        if auth.refresh_token_ttl <= auth.access_token_ttl {
+            return Err(invalid(
+                "auth.refresh_token_ttl",
+                "must be longer than auth.access_token_ttl",
+            ));
+        }
+        if let Some(secret) = &auth.session_secret
+            && secret.expose().len() < 32
+        {
+            return Err(invalid(
+                "auth.session_secret",
+                "must be at least 32 bytes long (TEACHLYD_SESSION_SECRET)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        if !(1..=100_000).contains(&limits.max_message_chars) {
+            return Err(invalid(
+                "limits.max_message_chars",
+                "must be between 1 and 100000",
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&limits.max_frame_bytes) {
+            return Err(invalid(
+                "limits.max_frame_bytes",
+                "must be between 1024 and 16777216",
+            ));
+        }
+        if !(1..=1000).contains(&limits.max_connections_per_user) {
+            return Err(invalid(
+                "limits.max_connections_per_user",
+                "must be between 1 and 1000",
+            ));
+        }
+        if !(16..=1_000_000).contains(&limits.outbound_queue) {
+            return Err(invalid(
+                "limits.outbound_queue",
+                "must be between 16 and 1000000",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8000 (TEACHLYD_LISTEN)",
+                    self.server.listen
+                ),
+            )
+        })
+    }
+
+    /// Google sign-in when client ids are set; dev login on loopback, or when `auth.dev_login` says so.
+    pub fn login_modes(&self) -> Result<LoginModes, ConfigError> {
+        let google = !self.auth.google_client_ids.is_empty();
+        if google && self.auth.session_secret.is_none() {
+            return Err(invalid(
+                "auth.session_secret",
+                "Google sign-in needs a session secret of at least 32 bytes (TEACHLYD_SESSION_SECRET)",
+            ));
+        }
+        let loopback = self.listen_addr()?.ip().is_loopback();
+        let dev_login = match self.auth.dev_login {
+            Some(explicit) => explicit,
+            None => !google && loopback,
+        };
+        if !google && !dev_login {
+            let why = if self.auth.dev_login == Some(false) {
+                "dev login is turned off and no Google client id is set"
+            } else {
+                "dev login is only allowed on a loopback address"
+            };
+            return Err(invalid(
+                "auth.google_client_ids",
+                format!(
+                    "{why}; set auth.google_client_ids (GOOGLE_CLIENT_ID) and auth.session_secret, \
+                     or set auth.dev_login = true to allow dev login on {}",
+                    self.server.listen
+                ),
+            ));
+        }
+        Ok(LoginModes { google, dev_login })
+    }
+
+    /// The effective configuration as TOML, secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|error| format!("# cannot print config: {error}\n"))
+    }
+}
+
+fn validate_log_level(level: &str) -> Result<(), ConfigError> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let hint = "use a level (error, warn, info, debug, trace) or a filter like `teachlyd=debug,info` (LOG_LEVEL)";
+    // A bare word would parse as a target name and silently log nothing useful.
+    let is_filter = level.contains('=') || level.contains(',');
+    if !is_filter && !LEVELS.contains(&level.trim().to_ascii_lowercase().as_str()) {
+        return Err(invalid(
+            "log.level",
+            format!("`{level}` is not a level; {hint}"),
+        ));
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(drop)
+        .map_err(|error| invalid("log.level", format!("{error}; {hint}")))
+}
+
+fn validate_database_url(url: &str) -> Result<(), ConfigError> {
+    let supported = ["sqlite:", "postgres://", "postgresql://"];
+    if supported.iter().any(|prefix| url.starts_with(prefix)) {
+        return Ok(());
+    }
+    Err(invalid(
+        "database.url",
+        format!(
+            "`{}` is neither a sqlite: nor a postgres:// URL (DATABASE_URL)",
+            mask_url_password(url)
+        ),
+    ))
+}
+
+fn validate_origin(origin: &str) -> Result<(), ConfigError> {
+    let parsed = url::Url::parse(origin).ok();
+    let is_origin = parsed.as_ref().is_some_and(|url| {
+        matches!(url.scheme(), "http" | "https")
+            && url.host().is_some()
+            && url.path() == "/"
+            && url.query().is_none()
+            && !origin.ends_with('/')
+    });
+    if is_origin {
+        Ok(())
+    } else {
+        Err(invalid(
+            "server.cors_origins",
+            format!("`{origin}` is not an origin like https://app.teachly.example (CORS_ORIGINS)"),
+        ))
+    }
+}
+
+fn normalize_domain(domain: &str) -> Result<String, ConfigError> {
+    let lowered = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    let valid = !lowered.is_empty()
+        && lowered.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if valid {
+        Ok(lowered)
+    } else {
+        Err(invalid(
+            "urls.blocked_domains",
+            format!("`{domain}` is not a domain name like example.com"),
+        ))
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The default values, as a flat map of dotted keys, for comparison with `config.toml.example`.
+pub fn defaults_as_toml_value() -> BTreeMap<String, toml::Value> {
+    let value = toml::Value::try_from(Config::default()).unwrap_or(toml::Value::Boolean(false));
+    let mut flat = BTreeMap::new();
+    flatten("", &value, &mut flat);
+    flat
+}
+
+pub(crate) fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten(&path, value, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_owned(), other.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,221 @@
+use std::path::Path;
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, Path::new("test.toml"))
+}
+
+fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let pairs: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |name| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+fn invalid_key(result: Result<(), ConfigError>) -> String {
+    match result {
+        Err(ConfigError::Invalid { key, .. }) => key,
+        other => panic!("expected an invalid key, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_example_documents_every_key_with_its_default() {
+    let text = include_str!("../../config.toml.example");
+    let example = parse(text).expect("config.toml.example parses");
+    assert_eq!(example, Config::default());
+
+    let mut documented = std::collections::BTreeMap::new();
+    flatten(
+        "",
+        &text.parse::<toml::Table>().unwrap().into(),
+        &mut documented,
+    );
+    let commented: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# "))
+        .filter_map(|line| line.split_once(" = ").map(|(key, _)| key))
+        .collect();
+    for key in defaults_as_toml_value().keys() {
+        let leaf = key.rsplit('.').next().unwrap();
+        assert!(
+            documented.contains_key(key) || commented.contains(&leaf),
+            "config.toml.example does not document `{key}`"
+        );
+    }
+    for optional in ["dev_login", "session_secret"] {
+        assert!(
+            commented.contains(&optional),
+            "`auth.{optional}` is documented"
+        );
+    }
+}
+
+#[test]
+fn unknown_keys_are_named_with_their_path() {
+    assert_eq!(
+        parse("[limits]\nmax_frame_byte = 10\n"),
+        Err(ConfigError::UnknownKey("limits.max_frame_byte".into()))
+    );
+    assert_eq!(
+        parse("[nonsense]\nx = 1\n"),
+        Err(ConfigError::UnknownKey("nonsense".into()))
+    );
+}
+
+#[test]
+fn wrong_types_and_syntax_are_errors() {
+    assert!(matches!(
+        parse("[limits]\nmax_frame_bytes = \"big\"\n"),
+        Err(ConfigError::Syntax { .. })
+    ));
+    assert!(matches!(
+        parse("[server\n"),
+        Err(ConfigError::Syntax { .. })
+    ));
+    assert!(matches!(
+        parse("[server]\nshutdown_grace = \"ten\"\n"),
+        Err(ConfigError::Syntax { .. })
+    ));
+}
+
+#[test]
+fn the_environment_overrides_the_file() {
+    let mut config = parse("[server]\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+    config
+        .apply_env(env(&[
+            ("DATABASE_URL", "postgres://u:pw@db/chat"),
+            ("GOOGLE_CLIENT_ID", "a.apps, b.apps ,"),
+            ("LOG_LEVEL", "debug"),
+            ("CORS_ORIGINS", "https://a.example,https://b.example"),
+            ("TEACHLYD_LISTEN", "127.0.0.1:7000"),
+            ("TEACHLYD_SESSION_SECRET", &"k".repeat(40)),
+        ]))
+        .unwrap();
+    assert_eq!(config.database.url, "postgres://u:pw@db/chat");
+    assert_eq!(config.auth.google_client_ids, ["a.apps", "b.apps"]);
+    assert_eq!(config.log.level, "debug");
+    assert_eq!(
+        config.server.cors_origins,
+        ["https://a.example", "https://b.example"]
+    );
+    assert_eq!(config.server.listen, "127.0.0.1:7000");
+    assert_eq!(config.validate(), Ok(()));
+    let printed = config.to_masked_toml();
+    assert!(printed.contains("postgres://u:***@db/chat"), "{printed}");
+    assert!(
+        !printed.contains("pw@") && !printed.contains(&"k".repeat(40)),
+        "{printed}"
+    );
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let check = |edit: &dyn Fn(&mut Config)| {
+        let mut config = Config::default();
+        edit(&mut config);
+        invalid_key(config.validate())
+    };
+    assert_eq!(
+        check(&|c| c.server.listen = "localhost".into()),
+        "server.listen"
+    );
+    assert_eq!(
+        check(&|c| c.server.cors_origins = vec!["app.example".into()]),
+        "server.cors_origins"
+    );
+    assert_eq!(
+        check(&|c| c.database.url = "mysql://x".into()),
+        "database.url"
+    );
+    assert_eq!(
+        check(&|c| c.database.max_connections = 0),
+        "database.max_connections"
+    );
+    assert_eq!(check(&|c| c.log.level = "loud".into()), "log.level");
+    assert_eq!(
+        check(&|c| c.limits.max_frame_bytes = 10),
+        "limits.max_frame_bytes"
+    );
+    assert_eq!(
+        check(&|c| c.limits.max_message_chars = 0),
+        "limits.max_message_chars"
+    );
+    assert_eq!(
+        check(&|c| c.limits.outbound_queue = 1),
+        "limits.outbound_queue"
+    );
+    assert_eq!(
+        check(&|c| c.auth.google_jwks_url = "ftp://x".into()),
+        "auth.google_jwks_url"
+    );
+    assert_eq!(
+        check(&|c| c.auth.refresh_token_ttl = HumanDuration::secs(60)),
+        "auth.refresh_token_ttl"
+    );
+    assert_eq!(
+        check(&|c| c.urls.blocked_domains = vec!["bad domain".into()]),
+        "urls.blocked_domains"
+    );
+    assert_eq!(
+        check(&|c| c.auth.session_secret = Some(Secret::new("short".into()))),
+        "auth.session_secret"
+    );
+}
+
+#[test]
+fn login_modes_follow_the_spec() {
+    let mut config = Config::default();
+    assert_eq!(
+        config.login_modes(),
+        Ok(LoginModes {
+            google: false,
+            dev_login: true
+        })
+    );
+
+    config.server.listen = "0.0.0.0:8000".into();
+    assert_eq!(invalid_key(config.validate()), "auth.google_client_ids");
+    config.auth.dev_login = Some(true);
+    assert_eq!(
+        config.login_modes(),
+        Ok(LoginModes {
+            google: false,
+            dev_login: true
+        })
+    );
+
+    config.auth.dev_login = None;
+    config.auth.google_client_ids = vec!["id.apps".into()];
+    assert_eq!(invalid_key(config.validate()), "auth.session_secret");
+    config.auth.session_secret = Some(Secret::new("x".repeat(32)));
+    assert_eq!(
+        config.login_modes(),
+        Ok(LoginModes {
+            google: true,
+            dev_login: false
+        })
+    );
+
+    let mut loopback_off = Config::default();
+    loopback_off.auth.dev_login = Some(false);
+    assert_eq!(
+        invalid_key(loopback_off.validate()),
+        "auth.google_client_ids"
+    );
+}
+
+#[test]
+fn blocked_domains_are_normalized() {
+    let mut config = Config::default();
+    config.urls.blocked_domains = vec!["Evil.Example.".into()];
+    config.validate().unwrap();
+    assert_eq!(config.urls.blocked_domains, ["evil.example"]);
+}

@@ -1,0 +1,121 @@
+use std::sync::{
+    Arc,
+    atomic::{AtomicU16, AtomicU64, Ordering},
+};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{MessageId, UserId};
+
+pub type ConnectionId = u64;
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One serialized event on its way to a socket. The frame is shared by every recipient.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub frame: Arc<str>,
+    /// Set on `new_message`: once the frame is written, the message counts as delivered.
+    pub delivers: Option<MessageId>,
+}
+
+impl Outbound {
+    pub fn event(frame: Arc<str>) -> Self {
+        Self {
+            frame,
+            delivers: None,
+        }
+    }
+
+    pub fn new_message(frame: Arc<str>, id: MessageId) -> Self {
+        Self {
+            frame,
+            delivers: Some(id),
+        }
+    }
+}
+
+/// The WebSocket close codes the server chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum CloseCode {
+    /// The server is shutting down.
+    GoingAway = 1001,
+    /// The client kept sending after being refused.
+    PolicyViolation = 1008,
+    /// A frame was larger than `limits.max_frame_bytes`.
+    TooBig = 1009,
+    /// The outbound queue overflowed: the client does not read fast enough.
+    Overflow = 1013,
+    /// An operator closed the user's sockets.
+    Kicked = 4001,
+}
+
+impl CloseCode {
+    fn from_u16(code: u16) -> Option<Self> {
+        [
+            Self::GoingAway,
+            Self::PolicyViolation,
+            Self::TooBig,
+            Self::Overflow,
+            Self::Kicked,
+        ]
+        .into_iter()
+        .find(|c| *c as u16 == code)
+    }
+}
+
+/// Lets anyone holding a handle ask the connection's task to close, with a code; the first code wins.
+#[derive(Debug, Default)]
+pub struct ConnectionControl {
+    code: AtomicU16,
+    closed: CancellationToken,
+}
+
+impl ConnectionControl {
+    pub fn close(&self, code: CloseCode) {
+        let _ = self
+            .code
+            .compare_exchange(0, code as u16, Ordering::AcqRel, Ordering::Acquire);
+        self.closed.cancel();
+    }
+
+    pub fn close_code(&self) -> Option<CloseCode> {
+        CloseCode::from_u16(self.code.load(Ordering::Acquire))
+    }
+
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
+    }
+}
+
+/// What the hub keeps of one socket: where to queue events and how to close it.
+#[derive(Debug, Clone)]
+pub struct ConnectionHandle {
+    pub id: ConnectionId,
+    pub user_id: UserId,
+    queue: mpsc::Sender<Outbound>,
+    pub control: Arc<ConnectionControl>,
+}
+
+impl ConnectionHandle {
+    /// A handle and the receiving end of its bounded queue.
+    pub fn new(user_id: UserId, queue_len: usize) -> (Self, mpsc::Receiver<Outbound>) {
+        let (queue, receiver) = mpsc::channel(queue_len);
+        let handle = Self {
+            id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+            user_id,
+            queue,
+            control: Arc::new(ConnectionControl::default()),
+        };
+        (handle, receiver)
+    }
+
+    /// Queues without waiting; a full queue closes the connection (1013).
+    pub fn offer(&self, event: Outbound) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(event) {
+            self.control.close(CloseCode::Overflow);
+        }
+    }
+}

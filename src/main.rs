@@ -1,0 +1,41 @@
+//! `teachlyd`: parse the command line, run the subcommand, map the outcome to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use teachlyd::{
+    cli::{Cli, Command, ConfigCommand},
+    commands::{self, CommandError},
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("teachlyd: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let outcome: Result<Option<String>, CommandError> = runtime.block_on(async {
+        match &cli.command {
+            Command::Serve(args) => commands::serve::run(args).await.map(|()| None),
+            Command::Migrate(args) => commands::migrate::run(args).await.map(Some),
+            Command::Config(ConfigCommand::Check(file)) => {
+                commands::config_check::run(file).map(Some)
+            }
+        }
+    });
+    match outcome {
+        Ok(output) => {
+            if let Some(output) = output {
+                print!("{output}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("teachlyd: {error}");
+            error.exit_code()
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Storage over PostgreSQL (production) and SQLite (the embedded default), behind one enum so that the
+//! rest of the program never names a dialect. SQL is written once where the dialects agree; where they
+//! differ, both versions sit next to each other.
+
+mod messages;
+pub mod tokens;
+mod users;
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    PgPool, SqlitePool,
+    migrate::Migrator,
+    postgres::PgPoolOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+pub use messages::{ConversationSummary, HistoryPage};
+pub use tokens::{RefreshTokenRecord, Rotation};
+pub use users::Identity;
+
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The database, whichever it is. Cheap to clone: pools are shared handles.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Postgres(PgPool),
+    /// SQLite allows one writer: every write goes through `writer` (one connection), reads use `reader`.
+    Sqlite {
+        writer: SqlitePool,
+        reader: SqlitePool,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("the database is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Other(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
+            sqlx::Error::Database(ref db) if db.is_unique_violation() => {
+                StoreError::Conflict(db.message().to_owned())
+            }
+            other => StoreError::Other(other),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Runs `$body` with `$pool` bound to the pool that serves reads (`read`) or writes (`write`).
+/// The body is compiled once per backend, so the same query text serves both.
+macro_rules! on_pool {
+    ($store:expr, read, |$pool:ident| $body:expr) => {
+        match $store {
+            $crate::store::Store::Postgres($pool) => $body,
+            $crate::store::Store::Sqlite { reader: $pool, .. } => $body,
+        }
+    };
+    ($store:expr, write, |$pool:ident| $body:expr) => {
+        match $store {
+            $crate::store::Store::Postgres($pool) => $body,
+            $crate::store::Store::Sqlite { writer: $pool, .. } => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// One migration and whether it has been applied, for `teachlyd migrate --status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationState {
+    pub version: i64,
+    pub description: String,
+    pub applied: bool,
+}
+
+impl Store {
+    /// Opens the database named by `url`; a SQLite file is created if missing.
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        if url.starts_with("sqlite:") {
+            Self::connect_sqlite(url, max_connections).await
+        } else {
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect(url)
+                .await?;
+            Ok(Store::Postgres(pool))
+        }
+    }
+
+    async fn connect_sqlite(url: &str, max_connections: u32) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit acknowledged to a sender survives a power cut, not only a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await?;
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let reader = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options.read_only(true))
+                .await?
+        };
+        Ok(Store::Sqlite { writer, reader })
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self {
+            Store::Postgres(_) => &POSTGRES_MIGRATIONS,
+            Store::Sqlite { .. } => &SQLITE_MIGRATIONS,
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgres",
+            Store::Sqlite { .. } => "sqlite",
+        }
+    }
+
+    pub async fn migrate(&self) -> StoreResult<()> {
+        let migrator = self.migrator();
+        on_pool!(self, write, |pool| {
+            migrator.run(pool).await?;
+        });
+        Ok(())
+    }
+
+    pub async fn migration_status(&self) -> StoreResult<Vec<MigrationState>> {
+        let exists_sql = match self {
+            Store::Postgres(_) => "SELECT to_regclass('_sqlx_migrations') IS NOT NULL",
+            Store::Sqlite { .. } => {
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')"
+            }
+        };
+        let table_exists: bool = on_pool!(self, read, |pool| sqlx::query_scalar(exists_sql)
+            .fetch_one(pool)
+            .await?);
+        let applied: Vec<i64> = if table_exists {
+            let sql = "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version";
+            on_pool!(self, read, |pool| sqlx::query_scalar(sql)
+                .fetch_all(pool)
+                .await?)
+        } else {
+            Vec::new()
+        };
+        Ok(self
+            .migrator()
+            .iter()
+            .filter(|migration| !migration.migration_type.is_down_migration())
+            .map(|migration| MigrationState {
+                version: migration.version,
+                description: migration.description.to_string(),
+                applied: applied.contains(&migration.version),
+            })
+            .collect())
+    }
+
+    /// Answers when the database does (for `/ready`).
+    pub async fn ping(&self) -> StoreResult<()> {
+        on_pool!(self, read, |pool| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Store::Postgres(pool) => pool.close().await,
+            Store::Sqlite { writer, reader } => {
+                reader.close().await;
+                writer.close().await;
+            }
+        }
+    }
+}

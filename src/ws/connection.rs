@@ -1,0 +1,296 @@
+//! One WebSocket: registered with the hub, then the backlog, then live events and client frames until
+//! it closes. A socket holds no database connection: it talks to the store through the chat service.
+
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::{SinkExt, StreamExt, stream::SplitSink};
+use tokio::sync::mpsc;
+use warp::ws::{Message as WsMessage, WebSocket};
+
+use super::protocol::{self, ClientEvent, FrameError};
+use crate::{
+    app::App,
+    chat::{ChatError, ServerEvent},
+    domain::{MessageId, UserId},
+    hub::{CloseCode, ConnectionHandle, Outbound},
+};
+
+const PING_EVERY: Duration = Duration::from_secs(30);
+const SILENCE_LIMIT: Duration = Duration::from_secs(90);
+/// How long a closing client gets to take its close frame before it is dropped outright.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+const BACKLOG_PAGE: u32 = 200;
+
+type Sink = SplitSink<WebSocket, WsMessage>;
+
+/// Why the socket's loop ended.
+enum Ending {
+    Close(CloseCode),
+    ClientLeft,
+    Silent,
+    WriteFailed,
+}
+
+pub async fn run(app: Arc<App>, user: UserId, socket: WebSocket) {
+    let (handle, mut queue) = ConnectionHandle::new(user, app.config.limits.outbound_queue);
+    let control = Arc::clone(&handle.control);
+    let connection = handle.id;
+    let (mut sink, mut stream) = socket.split();
+    if app.chat.connect(handle).await.is_err() {
+        let _ = close(
+            &mut sink,
+            CloseCode::PolicyViolation,
+            "too many connections",
+        )
+        .await;
+        return;
+    }
+    tracing::debug!(user, connection, "socket opened");
+    let mut socket = Socket {
+        app: &app,
+        user,
+        connection,
+        sink,
+        backlog_sent: HashSet::new(),
+    };
+    let ending = socket.serve(&mut stream, &mut queue, &control).await;
+    match ending {
+        Ending::Close(code) => {
+            let reason = match code {
+                CloseCode::GoingAway => "server shutting down",
+                CloseCode::Overflow => "too slow: reconnect to get what you missed",
+                CloseCode::TooBig => "frame too large",
+                CloseCode::PolicyViolation => "policy violation",
+                CloseCode::Kicked => "closed by an operator",
+            };
+            let _ = close(&mut socket.sink, code, reason).await;
+        }
+        Ending::ClientLeft | Ending::WriteFailed => {}
+        Ending::Silent => tracing::debug!(user, connection, "dropping a silent socket"),
+    }
+    app.chat.disconnect(user, connection).await;
+    tracing::debug!(user, connection, "socket closed");
+}
+
+async fn close(sink: &mut Sink, code: CloseCode, reason: &'static str) -> Result<(), ()> {
+    let frame = WsMessage::close_with(code as u16, reason);
+    match tokio::time::timeout(CLOSE_TIMEOUT, sink.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+struct Socket<'a> {
+    app: &'a App,
+    user: UserId,
+    connection: u64,
+    sink: Sink,
+    /// Ids sent from the backlog: the same message may also be queued live, and goes out once.
+    backlog_sent: HashSet<MessageId>,
+}
+
+impl Socket<'_> {
+    async fn serve(
+        &mut self,
+        stream: &mut futures_util::stream::SplitStream<WebSocket>,
+        queue: &mut mpsc::Receiver<Outbound>,
+        control: &crate::hub::ConnectionControl,
+    ) -> Ending {
+        let hello = ServerEvent::UserConnected { user_id: self.user }.to_frame();
+        if self.write(&hello).await.is_err() {
+            return Ending::WriteFailed;
+        }
+        // Registered first, backlog second: whatever commits in between is queued live, and the
+        // queue is only read once the backlog is out (DESIGN §4).
+        tokio::select! {
+            result = self.send_backlog() => if result.is_err() { return Ending::WriteFailed },
+            () = control.closed() => return Ending::Close(control.close_code().unwrap_or(CloseCode::GoingAway)),
+        }
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                () = control.closed() => {
+                    return Ending::Close(control.close_code().unwrap_or(CloseCode::GoingAway));
+                }
+                incoming = stream.next() => {
+                    last_heard = Instant::now();
+                    match incoming {
+                        Some(Ok(frame)) => {
+                            if frame.is_close() {
+                                return Ending::ClientLeft;
+                            }
+                            if let Some(code) = self.on_frame(frame).await {
+                                return Ending::Close(code);
+                            }
+                        }
+                        Some(Err(error)) => return self.on_read_error(&error),
+                        None => return Ending::ClientLeft,
+                    }
+                }
+                outbound = queue.recv() => {
+                    let Some(outbound) = outbound else { return Ending::Close(CloseCode::GoingAway) };
+                    if self.forward(outbound).await.is_err() {
+                        return Ending::WriteFailed;
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() >= SILENCE_LIMIT {
+                        return Ending::Silent;
+                    }
+                    if self.sink.send(WsMessage::ping(Vec::new())).await.is_err() {
+                        return Ending::WriteFailed;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn write(&mut self, frame: &str) -> Result<(), ()> {
+        self.sink.send(WsMessage::text(frame)).await.map_err(|_| ())
+    }
+
+    async fn send_backlog(&mut self) -> Result<(), ()> {
+        let mut after = 0;
+        loop {
+            let page = match self.app.chat.backlog(self.user, after, BACKLOG_PAGE).await {
+                Ok(page) => page,
+                Err(error) => {
+                    // The messages stay undelivered; the next connection tries again.
+                    tracing::warn!(%error, user = self.user, "reading the backlog failed");
+                    return Ok(());
+                }
+            };
+            for message in &page {
+                let frame = ServerEvent::NewMessage { message }.to_frame();
+                self.write(&frame).await?;
+                self.backlog_sent.insert(message.id);
+                self.app.chat.delivered(message.id).await;
+            }
+            match page.last() {
+                Some(last) if page.len() == BACKLOG_PAGE as usize => after = last.id,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    async fn forward(&mut self, outbound: Outbound) -> Result<(), ()> {
+        if let Some(id) = outbound.delivers
+            && self.backlog_sent.remove(&id)
+        {
+            return Ok(());
+        }
+        self.write(&outbound.frame).await?;
+        if let Some(id) = outbound.delivers {
+            self.app.chat.delivered(id).await;
+        }
+        Ok(())
+    }
+
+    fn on_read_error(&self, error: &warp::Error) -> Ending {
+        use std::error::Error as _;
+        use tokio_tungstenite::tungstenite::{Error as WsError, error::CapacityError};
+        let too_big = error
+            .source()
+            .and_then(|source| source.downcast_ref::<WsError>())
+            .is_some_and(|error| {
+                matches!(
+                    error,
+                    WsError::Capacity(CapacityError::MessageTooLong { .. })
+                )
+            });
+        if too_big {
+            Ending::Close(CloseCode::TooBig)
+        } else {
+            tracing::debug!(user = self.user, %error, "socket read failed");
+            Ending::ClientLeft
+        }
+    }
+
+    /// Handles one client frame; answers a close code when the connection must end.
+    async fn on_frame(&mut self, frame: WsMessage) -> Option<CloseCode> {
+        if frame.is_ping() || frame.is_pong() {
+            return None;
+        }
+        if frame.as_bytes().len() > self.app.config.limits.max_frame_bytes {
+            return Some(CloseCode::TooBig);
+        }
+        let Ok(text) = frame.to_str() else {
+            self.refuse(FrameError {
+                code: "invalid_json",
+                detail: "send JSON in text frames".into(),
+                client_id: None,
+            })
+            .await;
+            return None;
+        };
+        match protocol::parse(text) {
+            Ok(event) => self.on_event(event).await,
+            Err(error) => self.refuse(error).await,
+        }
+        None
+    }
+
+    async fn on_event(&mut self, event: ClientEvent) {
+        let chat = &self.app.chat;
+        match event {
+            ClientEvent::Ping => {
+                let _ = self.write(&ServerEvent::Pong.to_frame()).await;
+            }
+            ClientEvent::Typing { to } => {
+                if let Err(error) = chat.typing(self.user, to) {
+                    self.refuse_chat(&error, None).await;
+                }
+            }
+            ClientEvent::MessageSeen { message_id } => {
+                if let Err(error) = chat
+                    .mark_seen(self.user, message_id, Some(self.connection))
+                    .await
+                {
+                    self.refuse_chat(&error, None).await;
+                }
+            }
+            ClientEvent::Message {
+                to,
+                message,
+                client_id,
+            } => match chat.send(self.user, to, &message, client_id.clone()).await {
+                // A new message reaches every connection of the sender through the hub.
+                Ok(stored) if stored.created => {}
+                Ok(stored) => {
+                    let message = &stored.message;
+                    let _ = self
+                        .write(&ServerEvent::MessageSent { message }.to_frame())
+                        .await;
+                }
+                Err(error) => self.refuse_chat(&error, client_id.as_deref()).await,
+            },
+        }
+    }
+
+    async fn refuse_chat(&mut self, error: &ChatError, client_id: Option<&str>) {
+        self.refuse(FrameError {
+            code: error.code(),
+            detail: error.to_string(),
+            client_id: client_id.map(str::to_owned),
+        })
+        .await;
+    }
+
+    async fn refuse(&mut self, error: FrameError) {
+        let frame = ServerEvent::Error {
+            code: error.code,
+            detail: &error.detail,
+            client_id: error.client_id.as_deref(),
+            retry_after_ms: None,
+        }
+        .to_frame();
+        let _ = self.write(&frame).await;
+    }
+}

@@ -1,0 +1,110 @@
+//! One database per test: a SQLite file in its own directory, or a PostgreSQL database created on the
+//! server at `TEST_POSTGRES_URL` (default: the local trust-auth server) and dropped afterwards.
+
+use std::path::PathBuf;
+
+use sqlx::{Connection, Executor, PgConnection};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestDb {
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Directory(PathBuf),
+    Database { admin_url: String, name: String },
+}
+
+fn admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn unique_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "teachlyd_test_{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl TestDb {
+    pub async fn create(backend: Backend) -> Self {
+        let name = unique_name();
+        match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(&name);
+                std::fs::create_dir_all(&dir).expect("create a temporary directory");
+                Self {
+                    url: format!("sqlite://{}", dir.join("chat.db").display()),
+                    cleanup: Cleanup::Directory(dir),
+                }
+            }
+            Backend::Postgres => {
+                let admin_url = admin_url();
+                let mut admin = PgConnection::connect(&admin_url)
+                    .await
+                    .unwrap_or_else(|error| {
+                        panic!(
+                            "PostgreSQL is not reachable at {admin_url} ({error}); start it \
+                         (pg_ctlcluster 15 main start) or set TEST_POSTGRES_URL"
+                        )
+                    });
+                admin
+                    .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .await
+                    .expect("create the test database");
+                let base = admin_url
+                    .rsplit_once('/')
+                    .map_or(admin_url.as_str(), |(base, _)| base);
+                Self {
+                    url: format!("{base}/{name}"),
+                    cleanup: Cleanup::Database { admin_url, name },
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        match &self.cleanup {
+            Cleanup::Directory(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Cleanup::Database { admin_url, name } => {
+                let (admin_url, name) = (admin_url.clone(), name.clone());
+                // Drop runs outside any runtime guarantee: use a thread with a runtime of its own.
+                let _ = std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a runtime for cleanup");
+                    runtime.block_on(async {
+                        if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                            let _ = admin
+                                .execute(sqlx::AssertSqlSafe(format!(
+                                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                                )))
+                                .await;
+                        }
+                    });
+                })
+                .join();
+            }
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! A WebSocket client that speaks the chat protocol, with timeouts so a missing event fails the test
+//! instead of hanging it.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, connect_async,
+    tungstenite::{
+        self, Message,
+        client::IntoClientRequest,
+        http::{HeaderValue, StatusCode},
+        protocol::CloseFrame,
+    },
+};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+pub struct WsClient {
+    stream: WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+/// What the server said instead of upgrading.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str, token: Option<&str>) -> Result<Self, Refused> {
+        Self::connect_with(url, token, None).await
+    }
+
+    pub async fn connect_with(
+        url: &str,
+        token: Option<&str>,
+        origin: Option<&str>,
+    ) -> Result<Self, Refused> {
+        let mut request = url.into_client_request().expect("a valid ws url");
+        if let Some(token) = token {
+            let value = HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+            request.headers_mut().insert("authorization", value);
+        }
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("origin", HeaderValue::from_str(origin).unwrap());
+        }
+        match connect_async(request).await {
+            Ok((stream, _)) => Ok(Self { stream }),
+            Err(tungstenite::Error::Http(response)) => {
+                let status = response.status();
+                let body = response
+                    .body()
+                    .as_ref()
+                    .and_then(|bytes| serde_json::from_slice(bytes).ok())
+                    .unwrap_or(Value::Null);
+                Err(Refused { status, body })
+            }
+            Err(error) => panic!("connecting to {url} failed: {error}"),
+        }
+    }
+
+    pub async fn send_json(&mut self, value: &Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream
+            .send(Message::text(text))
+            .await
+            .expect("the frame is sent");
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.stream.send(message).await.expect("the frame is sent");
+    }
+
+    /// The next JSON event, skipping protocol pings.
+    pub async fn next_event(&mut self) -> Value {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("an event arrives within 5 s")
+                .expect("the socket is still open")
+                .expect("the socket reads cleanly");
+            match frame {
+                Message::Text(text) => {
+                    return serde_json::from_str(&text).expect("events are JSON");
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next event named `name`, skipping presence events (`user_connected`, `user_disconnected`),
+    /// which arrive whenever someone comes or goes.
+    pub async fn expect(&mut self, name: &str) -> Value {
+        loop {
+            let event = self.next_event().await;
+            let event_name = event["event"].as_str().unwrap_or_default();
+            if event_name == name {
+                return event;
+            }
+            assert!(
+                matches!(event_name, "user_connected" | "user_disconnected"),
+                "expected {name}, got {event}"
+            );
+        }
+    }
+
+    /// The next event named one of `names`, skipping any other.
+    pub async fn until_any(&mut self, names: &[&str]) -> Value {
+        loop {
+            let event = self.next_event().await;
+            if names.iter().any(|name| event["event"] == *name) {
+                return event;
+            }
+        }
+    }
+
+    /// The next event named `name`, skipping any other.
+    pub async fn until(&mut self, name: &str) -> Value {
+        loop {
+            let event = self.next_event().await;
+            if event["event"] == name {
+                return event;
+            }
+        }
+    }
+
+    /// Asserts that nothing but presence events arrives within `within`.
+    pub async fn expect_silence(&mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let event: Value = serde_json::from_str(&text).unwrap();
+                    let name = event["event"].as_str().unwrap_or_default();
+                    assert!(
+                        matches!(name, "user_connected" | "user_disconnected"),
+                        "expected no event, got {event}"
+                    );
+                }
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                Ok(other) => panic!("expected no event, got {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for the server to close the socket and answers the close code.
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("the socket closes within 5 s");
+            match frame {
+                Some(Ok(Message::Close(frame))) => {
+                    return frame.map(|CloseFrame { code, .. }| u16::from(code));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    pub async fn ping_pong(&mut self) {
+        self.send_json(&serde_json::json!({"event": "ping"})).await;
+        self.expect("pong").await;
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+}

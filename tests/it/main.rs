@@ -1,0 +1,12 @@
+//! One integration-test binary: it compiles once and its tests run in parallel, each against a server
+//! and a database of its own.
+
+mod common;
+
+mod auth;
+mod chat;
+mod cli;
+mod content;
+mod docs;
+mod rest;
+mod socket;

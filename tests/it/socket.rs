@@ -1,0 +1,154 @@
+//! The WebSocket's edges: who may open one, hostile frames, size limits, shutdown.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::{TestApp, WsClient};
+use crate::on_both_backends;
+
+on_both_backends! {
+    async fn the_upgrade_checks_token_user_and_origin(backend: Backend) {
+        let app = TestApp::spawn_with(backend, |config| {
+            config.server.cors_origins = vec!["https://app.teachly.test".into()];
+        })
+        .await;
+        let alice = app.dev_login("alice").await;
+        let bob = app.dev_login("bob").await;
+
+        let refused = WsClient::connect(&app.ws_url("/ws"), None).await.err().unwrap();
+        assert_eq!(refused.status, 401);
+        assert_eq!(refused.body["code"], "not_authenticated");
+        let refused = WsClient::connect(&app.ws_url("/ws"), Some("garbage.token.here")).await.err().unwrap();
+        assert_eq!(refused.status, 401);
+        let path = format!("/ws/chat/{}", bob.id);
+        let refused = WsClient::connect(&app.ws_url(&path), Some(&alice.access_token)).await.err().unwrap();
+        assert_eq!(refused.status, 403);
+        let refused = WsClient::connect(&app.ws_url("/ws/chat/not-a-number"), Some(&alice.access_token))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(refused.status, 403);
+        let refused = WsClient::connect_with(&app.ws_url("/ws"), Some(&alice.access_token), Some("https://evil.test"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(refused.status, 403);
+        assert_eq!(refused.body["code"], "forbidden_origin");
+
+        // The seed's path with the caller's own id, an allowed origin, and the token in the query.
+        let own = format!("/ws/chat/{}", alice.id);
+        let mut ws = WsClient::connect_with(&app.ws_url(&own), Some(&alice.access_token), Some("https://app.teachly.test"))
+            .await
+            .expect("own path opens");
+        ws.ping_pong().await;
+        let query = format!("/ws?access_token={}", alice.access_token);
+        let mut ws = WsClient::connect(&app.ws_url(&query), None).await.expect("query token opens");
+        ws.ping_pong().await;
+        app.stop().await;
+    }
+
+    async fn hostile_frames_get_an_error_and_the_socket_stays_usable(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let alice = app.dev_login("alice").await;
+        let bob = app.dev_login("bob").await;
+        let mut ws = app.connect(&alice).await;
+        let cases: Vec<(String, &str)> = vec![
+            ("not json".into(), "invalid_json"),
+            ("{\"event\":".into(), "invalid_json"),
+            ("[]".into(), "invalid_json"),
+            ("42".into(), "invalid_json"),
+            (json!({"event": "teleport"}).to_string(), "unknown_event"),
+            (json!({"no_event": true}).to_string(), "invalid_field"),
+            (json!({"event": ["message"]}).to_string(), "invalid_field"),
+            (json!({"event": "message", "message": "x"}).to_string(), "invalid_field"),
+            (json!({"event": "message", "to": bob.id}).to_string(), "invalid_field"),
+            (json!({"event": "message", "to": "bob", "message": "x"}).to_string(), "invalid_field"),
+            (json!({"event": "message", "to": {"id": 1}, "message": "x"}).to_string(), "invalid_field"),
+            (json!({"event": "message", "to": bob.id, "message": 12}).to_string(), "invalid_field"),
+            (r#"{"event":"message","to":123456789012345678901234567890,"message":"x"}"#.into(), "invalid_field"),
+            (json!({"event": "message", "to": bob.id, "message": "x", "client_id": 5}).to_string(), "invalid_field"),
+            (json!({"event": "message", "to": bob.id, "message": "x", "client_id": "c".repeat(65)}).to_string(), "invalid_field"),
+            (json!({"event": "message", "to": alice.id, "message": "me"}).to_string(), "invalid_recipient"),
+            (json!({"event": "message", "to": 987_654, "message": "who"}).to_string(), "unknown_recipient"),
+            (json!({"event": "message", "to": bob.id, "message": "   "}).to_string(), "empty_message"),
+            (json!({"event": "message_seen"}).to_string(), "invalid_field"),
+            (json!({"event": "message_seen", "message_id": "x"}).to_string(), "invalid_field"),
+            (json!({"event": "typing", "to": 0}).to_string(), "invalid_field"),
+        ];
+        for (frame, code) in cases {
+            ws.send_text(&frame).await;
+            let error = ws.expect("error").await;
+            assert_eq!(error["code"], code, "frame {frame} answered {error}");
+            assert!(error["detail"].as_str().is_some_and(|d| !d.is_empty()));
+        }
+        ws.send_raw(Message::binary(vec![1, 2, 3])).await;
+        assert_eq!(ws.expect("error").await["code"], "invalid_json");
+        // A refusal of a message carries its client id back.
+        ws.send_json(&json!({"event": "message", "to": alice.id, "message": "me", "client_id": "c-9"})).await;
+        assert_eq!(ws.expect("error").await["client_id"], "c-9");
+        // Still usable.
+        ws.ping_pong().await;
+        ws.send_json(&json!({"event": "message", "to": bob.id, "message": "still here"})).await;
+        ws.expect("message_sent").await;
+        let (_, history) = app
+            .get(&format!("/conversations/{}/messages", bob.id), Some(&alice.access_token))
+            .await;
+        assert_eq!(history["messages"].as_array().unwrap().len(), 1, "no refused frame stored anything");
+        app.stop().await;
+    }
+
+    async fn a_frame_over_the_limit_closes_with_1009(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let alice = app.dev_login("alice").await;
+        let bob = app.dev_login("bob").await;
+        let mut ws = app.connect(&alice).await;
+        // Just under the limit is refused by the content rules, not by the socket.
+        let big = "x".repeat(16 * 1024 - 100);
+        ws.send_json(&json!({"event": "message", "to": bob.id, "message": big})).await;
+        assert_eq!(ws.expect("error").await["code"], "message_too_long");
+        ws.send_text(&"y".repeat(16 * 1024 + 1)).await;
+        assert_eq!(ws.expect_close().await, Some(1009));
+        let mut ws = app.connect(&alice).await;
+        ws.send_text(&"z".repeat(200 * 1024)).await;
+        assert_eq!(ws.expect_close().await, Some(1009));
+        app.stop().await;
+    }
+
+    async fn shutdown_closes_every_socket_with_1001(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let alice = app.dev_login("alice").await;
+        let mut first = app.connect(&alice).await;
+        let mut second = app.connect(&alice).await;
+        first.ping_pong().await;
+        second.ping_pong().await;
+        let stopping = tokio::spawn(app.stop());
+        assert_eq!(first.expect_close().await, Some(1001));
+        assert_eq!(second.expect_close().await, Some(1001));
+        tokio::time::timeout(Duration::from_secs(10), stopping).await.unwrap().unwrap();
+    }
+
+    async fn connections_per_user_are_capped(backend: Backend) {
+        let app = TestApp::spawn_with(backend, |config| config.limits.max_connections_per_user = 2).await;
+        let alice = app.dev_login("alice").await;
+        let mut kept = Vec::new();
+        for _ in 0..2 {
+            let mut ws = app.connect(&alice).await;
+            ws.ping_pong().await;
+            kept.push(ws);
+        }
+        let refused = WsClient::connect(&app.ws_url("/ws"), Some(&alice.access_token)).await.err().unwrap();
+        assert_eq!(refused.status, 429);
+        assert_eq!(refused.body["code"], "too_many_connections");
+        kept.pop().unwrap().close().await;
+        crate::common::eventually("a slot frees up", || async {
+            match WsClient::connect(&app.ws_url("/ws"), Some(&alice.access_token)).await {
+                Ok(ws) => { ws.close().await; true }
+                Err(_) => false,
+            }
+        })
+        .await;
+        app.stop().await;
+    }
+}
