@@ -147,6 +147,30 @@ mod tests {
     }
 
     #[test]
+    fn expired_and_wrong_kind_tokens_are_refused() {
+        let keys = keys();
+        let sign = |exp: u64, typ: &str| {
+            let claims = AccessClaims {
+                sub: "42".into(),
+                iat: exp.saturating_sub(900),
+                exp,
+                typ: typ.into(),
+            };
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap()
+        };
+        let now = unix_now();
+        assert_eq!(
+            keys.verify_access(&sign(now - 60, ACCESS)),
+            Err(AccessTokenError::Expired)
+        );
+        assert_eq!(
+            keys.verify_access(&sign(now + 60, "refresh")),
+            Err(AccessTokenError::Invalid)
+        );
+        assert_eq!(keys.verify_access(&sign(now + 60, ACCESS)), Ok(42));
+    }
+
+    #[test]
     fn refresh_tokens_are_random_and_hashed() {
         let (a, hash_a) = new_refresh_token();
         let (b, _) = new_refresh_token();

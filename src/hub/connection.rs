@@ -115,6 +115,11 @@ impl ConnectionHandle {
     /// Queues without waiting; a full queue closes the connection (1013).
     pub fn offer(&self, event: Outbound) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(event) {
+            tracing::debug!(
+                user = self.user_id,
+                connection = self.id,
+                "outbound queue full; closing"
+            );
             self.control.close(CloseCode::Overflow);
         }
     }

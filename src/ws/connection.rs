@@ -57,7 +57,12 @@ pub async fn run(app: Arc<App>, user: UserId, socket: WebSocket) {
         sink,
         backlog_sent: HashSet::new(),
     };
-    let ending = socket.serve(&mut stream, &mut queue, &control).await;
+    // A close request (queue overflow, shutdown) ends the socket even while a write to a client that
+    // stopped reading is pending: the whole loop races the request, not each await inside it.
+    let ending = tokio::select! {
+        ending = socket.serve(&mut stream, &mut queue) => ending,
+        () = control.closed() => Ending::Close(control.close_code().unwrap_or(CloseCode::GoingAway)),
+    };
     match ending {
         Ending::Close(code) => {
             let reason = match code {
@@ -98,7 +103,6 @@ impl Socket<'_> {
         &mut self,
         stream: &mut futures_util::stream::SplitStream<WebSocket>,
         queue: &mut mpsc::Receiver<Outbound>,
-        control: &crate::hub::ConnectionControl,
     ) -> Ending {
         let hello = ServerEvent::UserConnected { user_id: self.user }.to_frame();
         if self.write(&hello).await.is_err() {
@@ -106,9 +110,8 @@ impl Socket<'_> {
         }
         // Registered first, backlog second: whatever commits in between is queued live, and the
         // queue is only read once the backlog is out (DESIGN §4).
-        tokio::select! {
-            result = self.send_backlog() => if result.is_err() { return Ending::WriteFailed },
-            () = control.closed() => return Ending::Close(control.close_code().unwrap_or(CloseCode::GoingAway)),
+        if self.send_backlog().await.is_err() {
+            return Ending::WriteFailed;
         }
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
@@ -116,9 +119,6 @@ impl Socket<'_> {
         loop {
             tokio::select! {
                 biased;
-                () = control.closed() => {
-                    return Ending::Close(control.close_code().unwrap_or(CloseCode::GoingAway));
-                }
                 incoming = stream.next() => {
                     last_heard = Instant::now();
                     match incoming {

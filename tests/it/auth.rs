@@ -61,7 +61,7 @@ on_both_backends! {
         app.stop().await;
     }
 
-    async fn an_expired_access_token_is_refused(backend: Backend) {
+    async fn a_forged_access_token_is_refused(backend: Backend) {
         let app = TestApp::spawn(backend).await;
         let alice = app.dev_login("alice").await;
         // Same user, token whose signature is wrong.

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -127,6 +128,47 @@ on_both_backends! {
         assert_eq!(first.expect_close().await, Some(1001));
         assert_eq!(second.expect_close().await, Some(1001));
         tokio::time::timeout(Duration::from_secs(10), stopping).await.unwrap().unwrap();
+    }
+
+    async fn a_reader_that_falls_behind_is_closed_and_loses_nothing(backend: Backend) {
+        let app = TestApp::spawn_with(backend, |config| {
+            config.limits.outbound_queue = 16;
+            config.limits.max_message_chars = 20_000;
+            config.spam.duplicate_limit = 0;
+        })
+        .await;
+        let alice = app.dev_login("alice").await;
+        let bob = app.dev_login("bob").await;
+        let mut stalled = WsClient::connect_stalled(&app.ws_url("/ws"), &bob.access_token).await;
+        crate::common::eventually("bob's socket is registered", || async { app.open_sockets(&bob) == 1 }).await;
+
+        // Far more than the socket buffers, the stalled client's kernel and the queue can hold.
+        let text: String = "abcdefghijklmnopqrstuvwxyz0123456789".chars().cycle().take(15_000).collect();
+        let mut sent = Vec::new();
+        for round in 0..60 {
+            let batch = (0..10).map(|n| app.send(&alice, bob.id, &text).map(move |answer| (round * 10 + n, answer)));
+            for (_, (status, body)) in futures_util::future::join_all(batch).await {
+                assert_eq!(status, 201, "{body}");
+                sent.push(body["id"].as_i64().unwrap());
+            }
+        }
+        crate::common::eventually("the stalled socket is closed", || async { app.open_sockets(&bob) == 0 }).await;
+
+        let (first, code) = stalled.drain().await;
+        assert!(matches!(code, None | Some(1013)), "closed with 1013 or dropped, got {code:?}");
+        assert!(first.len() < sent.len(), "the stalled client did not get everything the first time");
+
+        let mut again = app.connect(&bob).await;
+        let mut second = Vec::new();
+        while second.len() + first.len() < sent.len() {
+            second.push(again.until("new_message").await["message"]["id"].as_i64().unwrap());
+        }
+        again.expect_silence(Duration::from_millis(300)).await;
+        let mut everything: Vec<i64> = first.iter().chain(&second).copied().collect();
+        everything.sort_unstable();
+        sent.sort_unstable();
+        assert_eq!(everything, sent, "every message arrives, none twice");
+        app.stop().await;
     }
 
     async fn connections_per_user_are_capped(backend: Backend) {

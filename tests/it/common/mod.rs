@@ -65,6 +65,13 @@ impl TestApp {
 
     /// Starts a server whose config `adjust` may change first.
     pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Self {
+        // TEST_LOG=debug shows the server's logs next to a failing test's output.
+        if let Ok(level) = std::env::var("TEST_LOG") {
+            teachlyd::telemetry::init(&teachlyd::config::LogConfig {
+                level,
+                format: teachlyd::config::LogFormat::Text,
+            });
+        }
         let db = TestDb::create(backend).await;
         let mut config = Config::default();
         config.database.url = db.url.clone();
@@ -92,6 +99,13 @@ impl TestApp {
         let server = start(config).await;
         self.addr = server.addr;
         self.server = Some(server);
+    }
+
+    /// How many sockets the server holds for `user`.
+    pub fn open_sockets(&self, user: &TestUser) -> usize {
+        self.server
+            .as_ref()
+            .map_or(0, |server| server.app.hub.connections_of(user.id))
     }
 
     pub fn url(&self, path: &str) -> String {

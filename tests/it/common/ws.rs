@@ -63,6 +63,52 @@ impl WsClient {
         }
     }
 
+    /// A socket whose client side buffers almost nothing and that reads only when asked to: a
+    /// client that has stopped reading.
+    pub async fn connect_stalled(url: &str, token: &str) -> Self {
+        let address = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let tcp = socket.connect(address).await.unwrap();
+        let mut request = url.into_client_request().unwrap();
+        let value = HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+        request.headers_mut().insert("authorization", value);
+        let (stream, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp))
+            .await
+            .expect("the stalled socket opens");
+        Self { stream }
+    }
+
+    /// Reads until the server closes or drops the socket: the ids of every `new_message` on the way,
+    /// and the close code if a close frame came.
+    pub async fn drain(&mut self) -> (Vec<i64>, Option<u16>) {
+        let mut ids = Vec::new();
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), self.stream.next())
+                .await
+                .expect("the socket ends within 10 s");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    let event: Value = serde_json::from_str(&text).unwrap();
+                    if event["event"] == "new_message" {
+                        ids.push(event["message"]["id"].as_i64().unwrap());
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return (ids, frame.map(|CloseFrame { code, .. }| u16::from(code)));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return (ids, None),
+            }
+        }
+    }
+
     pub async fn send_json(&mut self, value: &Value) {
         self.send_text(&value.to_string()).await;
     }
