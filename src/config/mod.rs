@@ -84,6 +84,8 @@ pub struct LimitsConfig {
     pub max_frame_bytes: usize,
     pub max_connections_per_user: usize,
     pub outbound_queue: usize,
+    /// The server pings every socket this often; one silent for three intervals is dropped.
+    pub ping_interval: HumanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -155,6 +157,7 @@ impl Default for LimitsConfig {
             max_frame_bytes: 16 * 1024,
             max_connections_per_user: 5,
             outbound_queue: 1024,
+            ping_interval: HumanDuration::secs(30),
         }
     }
 }

@@ -19,8 +19,8 @@ use crate::{
     hub::{CloseCode, ConnectionHandle, Outbound},
 };
 
-const PING_EVERY: Duration = Duration::from_secs(30);
-const SILENCE_LIMIT: Duration = Duration::from_secs(90);
+/// A peer silent for this many ping intervals is gone.
+const SILENT_INTERVALS: u32 = 3;
 /// How long a closing client gets to take its close frame before it is dropped outright.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKLOG_PAGE: u32 = 200;
@@ -113,8 +113,9 @@ impl Socket<'_> {
         if self.send_backlog().await.is_err() {
             return Ending::WriteFailed;
         }
-        let mut ping =
-            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        let every = self.app.config.limits.ping_interval.0;
+        let silence_limit = every * SILENT_INTERVALS;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut last_heard = Instant::now();
         loop {
             tokio::select! {
@@ -141,7 +142,7 @@ impl Socket<'_> {
                     }
                 }
                 _ = ping.tick() => {
-                    if last_heard.elapsed() >= SILENCE_LIMIT {
+                    if last_heard.elapsed() >= silence_limit {
                         return Ending::Silent;
                     }
                     if self.sink.send(WsMessage::ping(Vec::new())).await.is_err() {

@@ -171,6 +171,34 @@ on_both_backends! {
         app.stop().await;
     }
 
+    async fn the_server_pings_and_drops_a_silent_peer(backend: Backend) {
+        let app = TestApp::spawn_with(backend, |config| {
+            config.limits.ping_interval = "1s".parse().unwrap();
+        })
+        .await;
+        let alice = app.dev_login("alice").await;
+        let bob = app.dev_login("bob").await;
+        // A client that keeps reading answers pings (the WebSocket library does) and stays.
+        let mut lively = app.connect(&alice).await;
+        assert!(lively.expect_ping().await, "the server pings");
+        // One that never reads never answers: gone after three intervals.
+        let silent = WsClient::connect_stalled(&app.ws_url("/ws"), &bob.access_token).await;
+        crate::common::eventually("the socket is registered", || async { app.open_sockets(&bob) == 1 }).await;
+        let started = std::time::Instant::now();
+        // Keep reading the lively socket (so it answers pings) while the silent one runs out.
+        let ((), ()) = tokio::join!(lively.expect_silence(Duration::from_millis(4500)), async {
+            crate::common::eventually_within(Duration::from_secs(8), "the silent peer is dropped", || async {
+                app.open_sockets(&bob) == 0
+            })
+            .await;
+            assert!(started.elapsed() >= Duration::from_secs(2), "not before it was silent for long");
+        });
+        lively.ping_pong().await;
+        assert_eq!(app.open_sockets(&alice), 1, "the lively socket stays");
+        drop(silent);
+        app.stop().await;
+    }
+
     async fn connections_per_user_are_capped(backend: Backend) {
         let app = TestApp::spawn_with(backend, |config| config.limits.max_connections_per_user = 2).await;
         let alice = app.dev_login("alice").await;

@@ -202,12 +202,21 @@ pub fn session_user(body: &Value) -> TestUser {
 }
 
 /// Polls `condition` until it holds, for at most five seconds.
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+pub async fn eventually<F, Fut>(what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    eventually_within(Duration::from_secs(5), what, condition).await;
+}
+
+/// Polls `condition` until it holds, for at most `limit`.
+pub async fn eventually_within<F, Fut>(limit: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     while !condition().await {
         assert!(
             tokio::time::Instant::now() < deadline,

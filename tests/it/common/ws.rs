@@ -124,6 +124,18 @@ impl WsClient {
         self.stream.send(message).await.expect("the frame is sent");
     }
 
+    /// Reads until a protocol ping arrives (answering it, as every client library does).
+    pub async fn expect_ping(&mut self) -> bool {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.stream.next()).await;
+            match frame {
+                Ok(Some(Ok(Message::Ping(_)))) => return true,
+                Ok(Some(Ok(_))) => continue,
+                _ => return false,
+            }
+        }
+    }
+
     /// The next JSON event, skipping protocol pings.
     pub async fn next_event(&mut self) -> Value {
         loop {
