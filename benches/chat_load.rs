@@ -292,6 +292,19 @@ async fn main() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_kib(pid);
+    if let Some((admin, name)) = &server.cleanup {
+        let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
+        let held: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+                .bind(name)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        println!(
+            "database connections   {held} held by the server with {} sockets open (pool size, not per socket)",
+            options.idle
+        );
+    }
     println!(
         "memory                 server RSS {:.1} MiB → {:.1} MiB with {} idle sockets = {:.1} KiB per socket",
         before as f64 / 1024.0,

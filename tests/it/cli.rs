@@ -165,3 +165,27 @@ async fn migrate_applies_and_reports_on_both_backends() {
         );
     }
 }
+
+#[tokio::test]
+async fn serve_refuses_pending_migrations_when_auto_migrate_is_off() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let dir = std::env::temp_dir().join(format!("teachlyd-cli-pending-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        "[database]\nauto_migrate = false\n[server]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let output = teachlyd(
+        &["serve", "--config", config.to_str().unwrap()],
+        &[("DATABASE_URL", &db.url)],
+    );
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("pending migration") && stderr.contains("teachlyd migrate"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

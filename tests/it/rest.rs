@@ -212,3 +212,36 @@ async fn oversized_post(app: &TestApp, path: &str, token: &str) -> (u16, serde_j
     let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
     (status, serde_json::from_str(body).unwrap_or_default())
 }
+
+#[tokio::test]
+async fn ready_is_503_when_the_database_is_gone() {
+    use sqlx::{Connection, Executor};
+    let app = TestApp::spawn(crate::common::Backend::Postgres).await;
+    assert_eq!(app.get("/ready", None).await.0, 200);
+    let name = app
+        .config
+        .database
+        .url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let admin = std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .await
+    .unwrap();
+    let (status, body) = app.get("/ready", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unavailable");
+    assert_ne!(body["database"], "ok");
+    assert_eq!(
+        app.get("/health", None).await,
+        (200, json!({"status": "ok"})),
+        "liveness does not depend on it"
+    );
+    app.stop().await;
+}
