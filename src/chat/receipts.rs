@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{batch::next_batch, events::ServerEvent};
+use super::{batch::next_batch_until, events::ServerEvent};
 use crate::{domain::MessageId, hub::Hub, store::Store};
 
 const MAX_BATCH: usize = 1024;
@@ -44,14 +44,7 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     loop {
-        let batch = tokio::select! {
-            biased;
-            batch = next_batch(&mut receiver, MAX_BATCH) => batch,
-            () = shutdown.cancelled() => {
-                receiver.close();
-                next_batch(&mut receiver, MAX_BATCH).await
-            }
-        };
+        let batch = next_batch_until(&mut receiver, MAX_BATCH, &shutdown).await;
         let Some(mut ids) = batch else { break };
         ids.sort_unstable();
         ids.dedup();

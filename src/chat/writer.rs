@@ -13,7 +13,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{batch::next_batch, events::ServerEvent};
+use super::{batch::next_batch_until, events::ServerEvent};
 use crate::{
     domain::{NewMessage, Stored, UserId},
     hub::Hub,
@@ -86,15 +86,7 @@ async fn run(
     stats: Arc<WriterStats>,
 ) {
     loop {
-        let batch = tokio::select! {
-            biased;
-            batch = next_batch(&mut receiver, MAX_BATCH) => batch,
-            () = shutdown.cancelled() => {
-                // Refuse new work, then commit everything already accepted.
-                receiver.close();
-                next_batch(&mut receiver, MAX_BATCH).await
-            }
-        };
+        let batch = next_batch_until(&mut receiver, MAX_BATCH, &shutdown).await;
         let Some(batch) = batch else { break };
         commit(&store, &hub, batch, &stats).await;
     }
