@@ -54,6 +54,11 @@ pub struct RunningServer {
 /// Opens the database, migrates, and serves HTTP and WebSocket on `listener` until `stop`.
 pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServer, StartError> {
     let addr = listener.local_addr().map_err(StartError::Listener)?;
+    // Accepted sockets inherit this on Linux. Without it, a sender waiting for `message_sent` right
+    // after a small receipt frame waits out the client's delayed ACK (~40 ms) under Nagle.
+    socket2::SockRef::from(&listener)
+        .set_tcp_nodelay(true)
+        .map_err(StartError::Listener)?;
     let store = Store::connect(&config.database.url, config.database.max_connections)
         .await
         .map_err(StartError::Database)?;
