@@ -69,6 +69,10 @@ impl ContentChecker {
         sanitizer
             .add_tags(ALLOWED_TAGS)
             .clean_content_tags(HashSet::from(["script", "style"]))
+            // `Builder::empty` still allows `lang` and `title` everywhere: allow no attribute at all.
+            .generic_attributes(HashSet::new())
+            .tag_attributes(std::collections::HashMap::new())
+            .url_schemes(HashSet::new())
             .link_rel(None);
         let blocked_phrases = rules
             .blocked_words
@@ -98,7 +102,9 @@ impl ContentChecker {
         if visible_text(sanitized).trim().is_empty() {
             return Err(ContentRejection::Empty);
         }
-        let links = self.check_links(text)?;
+        // Entities such as `&#106;avascript:` only become a link once decoded: check both forms.
+        let visible = decode_entities(&visible_text(sanitized));
+        let links = self.check_links(text)?.max(self.check_links(&visible)?);
         self.check_spam(text, links)?;
         Ok(sanitized.to_owned())
     }
@@ -262,12 +268,27 @@ impl Link {
 fn dangerous_scheme(lower: &str) -> Option<&'static str> {
     DANGEROUS_SCHEMES.into_iter().find(|scheme| {
         lower.match_indices(scheme).any(|(at, _)| {
-            lower[..at]
+            let starts_a_word = lower[..at]
                 .chars()
                 .next_back()
-                .is_none_or(|before| !before.is_alphanumeric())
+                .is_none_or(|before| !before.is_alphanumeric());
+            // `data: 42` and `File: report.pdf` are prose; `data:text/html` is a link.
+            let followed = lower[at + scheme.len()..]
+                .chars()
+                .next()
+                .is_some_and(|after| !after.is_whitespace());
+            starts_a_word && followed
         })
     })
+}
+
+/// The entities ammonia writes into text, read back as the characters a reader sees.
+fn decode_entities(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&nbsp;", " ")
+        .replace("&amp;", "&")
 }
 
 fn longest_run(text: &str) -> usize {
@@ -333,6 +354,11 @@ mod tests {
             "<b>bold</b> and <i>it</i> <em>e</em> <strong>s</strong> <u>u</u>"
         );
         assert_eq!(check("<b onclick=\"steal()\" class=x>hi</b>"), "<b>hi</b>");
+        assert_eq!(check("<b title=x lang=en>hi</b>"), "<b>hi</b>");
+        assert_eq!(
+            check("<i title=\"t\">a</i> <u lang=fr>b</u>"),
+            "<i>a</i> <u>b</u>"
+        );
         assert_eq!(check("<script>alert(1)</script>hi"), "hi");
         assert_eq!(check("<style>p{}</style>hi"), "hi");
         assert_eq!(check("<a href=\"https://ok.example\">link</a>"), "link");
@@ -384,6 +410,9 @@ mod tests {
             "www.evil.example/path",
             "mail me at bob@evil.example",
             "evil.example",
+            "&#106;avascript:alert(1)",
+            "see evil&#46;example today",
+            "file:///etc/passwd",
         ] {
             assert_eq!(code(text), "url_blocked", "{text:?}");
         }
@@ -400,6 +429,9 @@ mod tests {
             "the file.txt is attached",
             "data is fine, javascript is fine too",
             "metadata:value",
+            "Input data: 42",
+            "File: report.pdf",
+            "JavaScript: The Good Parts",
         ] {
             assert_eq!(code(text), "ok", "{text:?}");
         }
