@@ -52,8 +52,10 @@ async fn search(
     app.auth.authenticate(token.as_deref())?;
     let limit = query_number(&query, "limit", 1, MAX_PAGE)?.unwrap_or(DEFAULT_SEARCH_LIMIT);
     let text = query.get("q").map(|q| q.trim()).unwrap_or_default();
-    if text.chars().count() > 100 {
-        return Err(ApiError::invalid_field("q must be at most 100 characters"));
+    if text.chars().count() > 100 || text.chars().any(char::is_control) {
+        return Err(ApiError::invalid_field(
+            "q must be at most 100 printable characters",
+        ));
     }
     let users = app.store.search_users(text, limit as u32).await?;
     let public: Vec<_> = users

@@ -158,6 +158,8 @@ on_both_backends! {
             (422, "invalid_field", app.get("/users?limit=0", token).await),
             (422, "invalid_field", app.get("/users?limit=101", token).await),
             (422, "invalid_field", app.get("/users?limit=ten", token).await),
+            (422, "invalid_field", app.get("/users?q=a%00b", token).await),
+            (422, "invalid_field", app.get(&format!("/users?q={}", "q".repeat(101)), token).await),
             (422, "invalid_field", app.get("/users/abc", token).await),
             (422, "invalid_field", app.get(&format!("{to_bob}?before=-3"), token).await),
             (422, "invalid_field", app.get(&format!("{to_bob}?limit=99999999999999999999"), token).await),
