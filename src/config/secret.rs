@@ -41,7 +41,8 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Secret<T> {
     }
 }
 
-/// `postgres://user:pw@host/db` → `postgres://user:***@host/db`; anything without a password is unchanged.
+/// `postgres://user:pw@host/db` → `postgres://user:***@host/db`, and `?password=pw` → `?password=***`
+/// (libpq and sqlx take it there too); anything without a password is unchanged.
 pub fn mask_url_password(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
@@ -50,20 +51,40 @@ pub fn mask_url_password(url: &str) -> String {
     let authority_end = url[authority_start..]
         .find(['/', '?', '#'])
         .map_or(url.len(), |i| authority_start + i);
-    let authority = &url[authority_start..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &authority[..at];
-    let Some(colon) = userinfo.find(':') else {
-        return url.to_owned();
-    };
     format!(
-        "{}{}:***{}",
+        "{}{}{}",
         &url[..authority_start],
-        &userinfo[..colon],
-        &url[authority_start + at..]
+        mask_userinfo(&url[authority_start..authority_end]),
+        mask_query(&url[authority_end..])
     )
+}
+
+fn mask_userinfo(authority: &str) -> String {
+    match authority
+        .rsplit_once('@')
+        .and_then(|(userinfo, host)| Some((userinfo.split_once(':')?.0, host)))
+    {
+        Some((user, host)) => format!("{user}:***@{host}"),
+        None => authority.to_owned(),
+    }
+}
+
+fn mask_query(path_and_query: &str) -> String {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.to_owned();
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((query, fragment)) => (query, format!("#{fragment}")),
+        None => (query, String::new()),
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{path}?{}{fragment}", pairs.join("&"))
 }
 
 pub(super) fn serialize_masked_url<S: Serializer>(
@@ -94,6 +115,14 @@ mod tests {
         assert_eq!(
             mask_url_password("postgres://u:p@ss:w@rd@host/db"),
             "postgres://u:***@host/db"
+        );
+        assert_eq!(
+            mask_url_password("postgres://db/chat?user=teachly&password=hunter2&sslmode=require"),
+            "postgres://db/chat?user=teachly&password=***&sslmode=require"
+        );
+        assert_eq!(
+            mask_url_password("postgres://u:pw@db/chat?Password=x#frag"),
+            "postgres://u:***@db/chat?Password=***#frag"
         );
     }
 
