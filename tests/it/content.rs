@@ -11,6 +11,8 @@ fn cases() -> Vec<(String, Result<&'static str, &'static str>)> {
         ("<b>bold</b> move".into(), Ok("<b>bold</b> move")),
         ("a < b".into(), Ok("a &lt; b")),
         ("emoji 🎓📚✏️".into(), Ok("emoji 🎓📚✏️")),
+        // PostgreSQL text cannot hold NUL: one in a batch must not fail everyone else's messages.
+        ("nul\u{0}byte <b>a\u{0}</b>".into(), Ok("nulbyte <b>a</b>")),
         (varied(1000), Ok("")),
         (
             "<i onclick=\"x()\">hi</i><script>steal()</script>".into(),
