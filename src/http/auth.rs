@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use warp::{Filter, Rejection, http::StatusCode, reply::Response};
+use warp::{Filter, Rejection, Reply, http::StatusCode, reply::Response};
 
 use super::{
     error::{ApiError, respond},
@@ -124,5 +124,3 @@ async fn logout(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
     app.auth.logout(&request.refresh_token).await?;
     Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
 }
-
-use warp::Reply as _;

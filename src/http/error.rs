@@ -84,13 +84,8 @@ impl From<StoreError> for ApiError {
 
 impl From<AuthError> for ApiError {
     fn from(error: AuthError) -> Self {
-        let status = match &error {
-            AuthError::Store(_) => {
-                if let AuthError::Store(store) = error {
-                    return store.into();
-                }
-                unreachable!()
-            }
+        let status = match error {
+            AuthError::Store(store) => return store.into(),
             AuthError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             AuthError::GoogleDisabled | AuthError::DevLoginDisabled => StatusCode::NOT_FOUND,
             _ => StatusCode::UNAUTHORIZED,
@@ -101,15 +96,13 @@ impl From<AuthError> for ApiError {
 
 impl From<ChatError> for ApiError {
     fn from(error: ChatError) -> Self {
-        let status = match &error {
-            ChatError::Store(_) | ChatError::Write(_) => StatusCode::SERVICE_UNAVAILABLE,
+        let status = match error {
+            ChatError::Store(store) => return store.into(),
+            ChatError::Write(_) => StatusCode::SERVICE_UNAVAILABLE,
             ChatError::UnknownRecipient(_) => StatusCode::NOT_FOUND,
             ChatError::Forbidden => StatusCode::FORBIDDEN,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
-        if let ChatError::Store(store) = error {
-            return store.into();
-        }
         ApiError::new(status, error.code(), error.to_string())
     }
 }
