@@ -258,7 +258,8 @@ fn seen_doc() {}
                    `message_sent {message}` (after commit), `new_message {message}`, \
                    `message_delivered {message_id, delivered_at}`, `message_seen {message_id, seen_at}`, \
                    `typing {from}`, `pong`, `error {code, detail, client_id?}`. Close codes: 1001 \
-                   shutdown, 1009 frame too large, 1013 too slow (reconnect), 4001 closed by an operator.",
+                   shutdown, 1008 over the connection cap, 1009 frame too large, 1013 too slow \
+                   (reconnect to get what was missed).",
     params(("access_token" = Option<String>, Query, description = "For browsers, instead of the header")),
     responses(
         (status = 101, description = "Switching protocols"),

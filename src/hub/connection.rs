@@ -48,8 +48,6 @@ pub enum CloseCode {
     TooBig = 1009,
     /// The outbound queue overflowed: the client does not read fast enough.
     Overflow = 1013,
-    /// An operator closed the user's sockets.
-    Kicked = 4001,
 }
 
 impl CloseCode {
@@ -59,7 +57,6 @@ impl CloseCode {
             Self::PolicyViolation,
             Self::TooBig,
             Self::Overflow,
-            Self::Kicked,
         ]
         .into_iter()
         .find(|c| *c as u16 == code)

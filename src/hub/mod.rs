@@ -134,15 +134,6 @@ impl Hub {
         self.online_users.load(Ordering::Relaxed)
     }
 
-    /// Closes every connection of `user` with `code`.
-    pub fn close_user(&self, user: UserId, code: CloseCode) {
-        if let Some(handles) = self.shard(user).get(&user) {
-            for handle in handles {
-                handle.control.close(code);
-            }
-        }
-    }
-
     /// Closes every connection (shutdown: 1001).
     pub fn close_all(&self, code: CloseCode) {
         for shard in self.shards.iter() {

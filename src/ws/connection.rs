@@ -49,6 +49,11 @@ pub async fn run(app: Arc<App>, user: UserId, socket: WebSocket) {
         .await;
         return;
     }
+    // Shutdown cancels first and closes the registered sockets second: a socket registered after
+    // that pass sees the cancellation here and closes with 1001 like the rest.
+    if app.shutdown.is_cancelled() {
+        control.close(CloseCode::GoingAway);
+    }
     tracing::debug!(user, connection, "socket opened");
     let mut socket = Socket {
         app: &app,
@@ -70,7 +75,6 @@ pub async fn run(app: Arc<App>, user: UserId, socket: WebSocket) {
                 CloseCode::Overflow => "too slow: reconnect to get what you missed",
                 CloseCode::TooBig => "frame too large",
                 CloseCode::PolicyViolation => "policy violation",
-                CloseCode::Kicked => "closed by an operator",
             };
             let _ = close(&mut socket.sink, code, reason).await;
         }
