@@ -462,6 +462,13 @@ fn validate_log_level(level: &str) -> Result<(), ConfigError> {
 }
 
 fn validate_database_url(url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("sqlite:") && (url.contains(":memory:") || url.contains("mode=memory")) {
+        return Err(invalid(
+            "database.url",
+            "an in-memory SQLite database loses every message when teachlyd stops; name a file \
+             like sqlite://teachlyd.db (DATABASE_URL)",
+        ));
+    }
     let supported = ["sqlite:", "postgres://", "postgresql://"];
     if supported.iter().any(|prefix| url.starts_with(prefix)) {
         return Ok(());

@@ -136,6 +136,10 @@ fn bad_values_name_their_key() {
         "database.url"
     );
     assert_eq!(
+        check(&|c| c.database.url = "sqlite::memory:".into()),
+        "database.url"
+    );
+    assert_eq!(
         check(&|c| c.database.max_connections = 0),
         "database.max_connections"
     );

@@ -84,6 +84,13 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
+/// How many database connections are open, and how many are lent out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub open: usize,
+    pub in_use: usize,
+}
+
 /// One migration and whether it has been applied, for `teachlyd migrate --status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationState {
@@ -120,16 +127,11 @@ impl Store {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.clone())
             .await?;
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let reader = if in_memory {
-            writer.clone()
-        } else {
-            SqlitePoolOptions::new()
-                .max_connections(max_connections)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect_with(options.read_only(true))
-                .await?
-        };
+        let reader = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.read_only(true))
+            .await?;
         Ok(Store::Sqlite { writer, reader })
     }
 
@@ -183,6 +185,21 @@ impl Store {
                 applied: applied.contains(&migration.version),
             })
             .collect())
+    }
+
+    /// Connections the pools hold open, and how many of those are lent out right now.
+    pub fn pool_usage(&self) -> PoolUsage {
+        let (open, idle) = match self {
+            Store::Postgres(pool) => (pool.size(), pool.num_idle()),
+            Store::Sqlite { writer, reader } => (
+                writer.size() + reader.size(),
+                writer.num_idle() + reader.num_idle(),
+            ),
+        };
+        PoolUsage {
+            open: open as usize,
+            in_use: (open as usize).saturating_sub(idle),
+        }
     }
 
     /// Answers when the database does (for `/ready`).

@@ -199,6 +199,28 @@ on_both_backends! {
         app.stop().await;
     }
 
+    async fn idle_sockets_hold_no_database_connection(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let mut sockets = Vec::new();
+        for n in 0..40 {
+            let user = app.dev_login(&format!("idle{n}")).await;
+            for _ in 0..5 {
+                sockets.push(app.connect(&user).await);
+            }
+        }
+        // A pong proves the socket read its backlog and sits in its loop.
+        for socket in &mut sockets {
+            socket.ping_pong().await;
+        }
+        let usage = app.pool_usage();
+        assert_eq!(usage.in_use, 0, "200 idle sockets, no connection lent out: {usage:?}");
+        assert!(
+            usage.open <= app.config.database.max_connections as usize + 1,
+            "the pool does not grow with sockets: {usage:?}"
+        );
+        app.stop().await;
+    }
+
     async fn connections_per_user_are_capped(backend: Backend) {
         let app = TestApp::spawn_with(backend, |config| config.limits.max_connections_per_user = 2).await;
         let alice = app.dev_login("alice").await;

@@ -108,6 +108,12 @@ impl TestApp {
             .map_or(0, |server| server.app.hub.connections_of(user.id))
     }
 
+    /// The database connections the server holds open, and how many are lent out right now.
+    pub fn pool_usage(&self) -> teachlyd::store::PoolUsage {
+        let server = self.server.as_ref().expect("the server runs");
+        server.app.store.pool_usage()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
