@@ -263,6 +263,7 @@ fn seen_doc() {}
     params(("access_token" = Option<String>, Query, description = "For browsers, instead of the header")),
     responses(
         (status = 101, description = "Switching protocols"),
+        (status = 400, description = "not_a_websocket: not a WebSocket version 13 handshake", body = ErrorBody),
         (status = 401, description = "No, invalid or expired token", body = ErrorBody),
         (status = 403, description = "Origin not allowed", body = ErrorBody),
         (status = 429, description = "Too many open sockets for this user", body = ErrorBody)))]
@@ -276,7 +277,9 @@ fn ws_doc() {}
         ("access_token" = Option<String>, Query, description = "For browsers, instead of the header")),
     responses(
         (status = 101, description = "Switching protocols"),
+        (status = 400, description = "not_a_websocket: not a WebSocket version 13 handshake", body = ErrorBody),
         (status = 401, description = "No, invalid or expired token", body = ErrorBody),
-        (status = 403, description = "Someone else's user id, or an origin not allowed", body = ErrorBody)))]
+        (status = 403, description = "Someone else's user id, or an origin not allowed", body = ErrorBody),
+        (status = 429, description = "Too many open sockets for this user", body = ErrorBody)))]
 #[allow(dead_code)]
 fn ws_chat_doc() {}

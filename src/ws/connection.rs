@@ -7,11 +7,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::{SinkExt, StreamExt, stream::SplitSink};
+use futures_util::{
+    SinkExt, StreamExt,
+    stream::{SplitSink, SplitStream},
+};
 use tokio::sync::mpsc;
-use warp::ws::{Message as WsMessage, WebSocket};
+use tokio_tungstenite::tungstenite::{
+    Error as WsError, Message as WsMessage,
+    error::CapacityError,
+    protocol::{CloseFrame, frame::coding::CloseCode as WireCloseCode},
+};
 
-use super::protocol::{self, ClientEvent, FrameError};
+use super::{
+    WebSocket,
+    protocol::{self, ClientEvent, FrameError},
+};
 use crate::{
     app::App,
     chat::{ChatError, ServerEvent},
@@ -86,7 +96,10 @@ pub async fn run(app: Arc<App>, user: UserId, socket: WebSocket) {
 }
 
 async fn close(sink: &mut Sink, code: CloseCode, reason: &'static str) -> Result<(), ()> {
-    let frame = WsMessage::close_with(code as u16, reason);
+    let frame = WsMessage::Close(Some(CloseFrame {
+        code: WireCloseCode::from(code as u16),
+        reason: reason.into(),
+    }));
     match tokio::time::timeout(CLOSE_TIMEOUT, sink.send(frame)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
@@ -105,7 +118,7 @@ struct Socket<'a> {
 impl Socket<'_> {
     async fn serve(
         &mut self,
-        stream: &mut futures_util::stream::SplitStream<WebSocket>,
+        stream: &mut SplitStream<WebSocket>,
         queue: &mut mpsc::Receiver<Outbound>,
     ) -> Ending {
         let hello = ServerEvent::UserConnected { user_id: self.user }.to_frame();
@@ -127,10 +140,8 @@ impl Socket<'_> {
                 incoming = stream.next() => {
                     last_heard = Instant::now();
                     match incoming {
+                        Some(Ok(WsMessage::Close(_))) => return Ending::ClientLeft,
                         Some(Ok(frame)) => {
-                            if frame.is_close() {
-                                return Ending::ClientLeft;
-                            }
                             if let Some(code) = self.on_frame(frame).await {
                                 return Ending::Close(code);
                             }
@@ -149,7 +160,7 @@ impl Socket<'_> {
                     if last_heard.elapsed() >= silence_limit {
                         return Ending::Silent;
                     }
-                    if self.sink.send(WsMessage::ping(Vec::new())).await.is_err() {
+                    if self.sink.send(WsMessage::Ping(Default::default())).await.is_err() {
                         return Ending::WriteFailed;
                     }
                 }
@@ -198,35 +209,23 @@ impl Socket<'_> {
         Ok(())
     }
 
-    fn on_read_error(&self, error: &warp::Error) -> Ending {
-        use std::error::Error as _;
-        use tokio_tungstenite::tungstenite::{Error as WsError, error::CapacityError};
-        let too_big = error
-            .source()
-            .and_then(|source| source.downcast_ref::<WsError>())
-            .is_some_and(|error| {
-                matches!(
-                    error,
-                    WsError::Capacity(CapacityError::MessageTooLong { .. })
-                )
-            });
-        if too_big {
-            Ending::Close(CloseCode::TooBig)
-        } else {
-            tracing::debug!(user = self.user, %error, "socket read failed");
-            Ending::ClientLeft
+    fn on_read_error(&self, error: &WsError) -> Ending {
+        if let WsError::Capacity(CapacityError::MessageTooLong { .. }) = error {
+            return Ending::Close(CloseCode::TooBig);
         }
+        tracing::debug!(user = self.user, %error, "socket read failed");
+        Ending::ClientLeft
     }
 
     /// Handles one client frame; answers a close code when the connection must end.
     async fn on_frame(&mut self, frame: WsMessage) -> Option<CloseCode> {
-        if frame.is_ping() || frame.is_pong() {
+        if matches!(frame, WsMessage::Ping(_) | WsMessage::Pong(_)) {
             return None;
         }
-        if frame.as_bytes().len() > self.app.config.limits.max_frame_bytes {
+        if frame.len() > self.app.config.limits.max_frame_bytes {
             return Some(CloseCode::TooBig);
         }
-        let Ok(text) = frame.to_str() else {
+        let WsMessage::Text(text) = frame else {
             self.refuse(FrameError {
                 code: "invalid_json",
                 detail: "send JSON in text frames".into(),
@@ -235,7 +234,7 @@ impl Socket<'_> {
             .await;
             return None;
         };
-        match protocol::parse(text) {
+        match protocol::parse(&text) {
             Ok(event) => self.on_event(event).await,
             Err(error) => self.refuse(error).await,
         }

@@ -1,13 +1,26 @@
 //! The WebSocket transport: `GET /ws/chat/{user_id}` (the seed's path) and `GET /ws`.
+//!
+//! The upgrade is done here rather than by `warp::ws`, which allocates tungstenite's default 128 KiB
+//! read buffer per socket and offers no way to change it: at a few KiB, an idle socket costs a
+//! fraction of that.
 
 mod connection;
 pub mod protocol;
 
 use std::{collections::HashMap, sync::Arc};
 
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        handshake::derive_accept_key,
+        protocol::{Role, WebSocketConfig},
+    },
+};
 use warp::{
     Filter, Rejection,
-    http::StatusCode,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     reply::{Reply, Response},
 };
 
@@ -19,9 +32,14 @@ use crate::{
     },
 };
 
+/// The server side of one upgraded connection.
+pub type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
 /// Frames may be a little over the limit on the wire: the socket task closes with 1009 itself, so a
 /// frame slightly too large gets the documented close code rather than a protocol error.
 const WIRE_SLACK: usize = 1024;
+/// What a socket reads at a time; a larger frame grows the buffer as it arrives.
+const READ_BUFFER: usize = 4 * 1024;
 
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let with_user = warp::path!("ws" / "chat" / String).map(Some);
@@ -30,35 +48,93 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         .or(without_user)
         .unify()
         .and(warp::get())
-        .and(warp::ws())
-        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<OnUpgrade>())
         .and(extract::query())
-        .and(warp::header::optional::<String>("origin"))
         .and(warp::any().map(move || Arc::clone(&app)))
         .map(upgrade)
 }
 
 fn upgrade(
     path_user: Option<String>,
-    ws: warp::ws::Ws,
-    authorization: Option<String>,
+    headers: HeaderMap,
+    on_upgrade: Option<OnUpgrade>,
     query: HashMap<String, String>,
-    origin: Option<String>,
     app: Arc<App>,
 ) -> Response {
-    match check(&app, path_user, authorization, &query, origin) {
-        Ok(user) => {
-            let max = app.config.limits.max_frame_bytes + WIRE_SLACK;
-            ws.max_frame_size(max)
-                .max_message_size(max)
-                .on_upgrade(move |socket| {
-                    let sockets = app.sockets.clone();
-                    sockets.track_future(connection::run(app, user, socket))
-                })
-                .into_response()
+    let accepted = handshake(&headers, on_upgrade).and_then(|(accept, on_upgrade)| {
+        let user = check(&app, path_user, &headers, &query)?;
+        Ok((accept, on_upgrade, user))
+    });
+    let (accept, on_upgrade, user) = match accepted {
+        Ok(accepted) => accepted,
+        Err(error) => return error.into_response(),
+    };
+    let max = app.config.limits.max_frame_bytes + WIRE_SLACK;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .max_frame_size(Some(max))
+        .max_message_size(Some(max));
+    let sockets = app.sockets.clone();
+    tokio::spawn(sockets.track_future(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                connection::run(app, user, socket).await;
+            }
+            Err(error) => tracing::debug!(%error, "the WebSocket upgrade did not complete"),
         }
-        Err(error) => error.into_response(),
+    }));
+    let mut response = Response::new(Default::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    response
+}
+
+/// The parts of RFC 6455's opening handshake a server checks; answers the `Sec-WebSocket-Accept`
+/// value and the pending upgrade.
+fn handshake(
+    headers: &HeaderMap,
+    on_upgrade: Option<OnUpgrade>,
+) -> Result<(HeaderValue, OnUpgrade), ApiError> {
+    let refuse = |detail: &str| ApiError::new(StatusCode::BAD_REQUEST, "not_a_websocket", detail);
+    let has_token = |name: header::HeaderName, wanted: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|value| {
+                value
+                    .split(',')
+                    .any(|token| token.trim().eq_ignore_ascii_case(wanted))
+            })
+        })
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Err(refuse(
+            "this route is a WebSocket: send Connection: Upgrade and Upgrade: websocket",
+        ));
     }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(refuse("only WebSocket version 13 is supported"));
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| refuse("the Sec-WebSocket-Key header is missing"))?;
+    let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+        .map_err(|_| refuse("the Sec-WebSocket-Key header is malformed"))?;
+    let on_upgrade =
+        on_upgrade.ok_or_else(|| refuse("this connection cannot be upgraded (HTTP/1.1 only)"))?;
+    Ok((accept, on_upgrade))
 }
 
 /// The checks made before the upgrade: a valid token, the path's user is the token's, an allowed
@@ -66,12 +142,12 @@ fn upgrade(
 fn check(
     app: &App,
     path_user: Option<String>,
-    authorization: Option<String>,
+    headers: &HeaderMap,
     query: &HashMap<String, String>,
-    origin: Option<String>,
 ) -> Result<i64, ApiError> {
-    let token = authorization
-        .as_deref()
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
         .and_then(bearer_token)
         .or_else(|| query.get("access_token").map(String::as_str));
     let user = app.auth.authenticate(token)?;
@@ -85,9 +161,10 @@ fn check(
         ));
     }
     let allowed = &app.config.server.cors_origins;
+    let origin = headers.get(header::ORIGIN).map(HeaderValue::as_bytes);
     if let Some(origin) = origin
         && !allowed.is_empty()
-        && !allowed.iter().any(|a| a == &origin)
+        && !allowed.iter().any(|a| a.as_bytes() == origin)
     {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

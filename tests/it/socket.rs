@@ -38,6 +38,24 @@ on_both_backends! {
         assert_eq!(refused.status, 403);
         assert_eq!(refused.body["code"], "forbidden_origin");
 
+        // A plain request, or a handshake this server does not speak, is told what is wrong.
+        let (status, body) = app.get("/ws", Some(&alice.access_token)).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some("not_a_websocket")), "{body}");
+        let old_version = app
+            .http
+            .get(app.url("/ws"))
+            .bearer_auth(&alice.access_token)
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "8")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(old_version.status(), 400);
+        let body: serde_json::Value = old_version.json().await.unwrap();
+        assert!(body["detail"].as_str().unwrap().contains("version 13"), "{body}");
+
         // The seed's path with the caller's own id, an allowed origin, and the token in the query.
         let own = format!("/ws/chat/{}", alice.id);
         let mut ws = WsClient::connect_with(&app.ws_url(&own), Some(&alice.access_token), Some("https://app.teachly.test"))
