@@ -90,7 +90,7 @@ pub fn bearer() -> impl Filter<Extract = (Option<String>,), Error = std::convert
         .map(|header: Option<String>| header.as_deref().and_then(bearer_token).map(str::to_owned))
 }
 
-pub fn bearer_token(header: &str) -> Option<&str> {
+fn bearer_token(header: &str) -> Option<&str> {
     let (scheme, token) = header.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

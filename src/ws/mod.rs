@@ -28,7 +28,7 @@ use crate::{
     app::App,
     http::{
         error::ApiError,
-        extract::{self, bearer_token},
+        extract::{self, bearer},
     },
 };
 
@@ -50,6 +50,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         .and(warp::get())
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<OnUpgrade>())
+        .and(bearer())
         .and(extract::query())
         .and(warp::any().map(move || Arc::clone(&app)))
         .map(upgrade)
@@ -59,11 +60,15 @@ fn upgrade(
     path_user: Option<String>,
     headers: HeaderMap,
     on_upgrade: Option<OnUpgrade>,
+    header_token: Option<String>,
     query: HashMap<String, String>,
     app: Arc<App>,
 ) -> Response {
     let accepted = handshake(&headers, on_upgrade).and_then(|(accept, on_upgrade)| {
-        let user = check(&app, path_user, &headers, &query)?;
+        let token = header_token
+            .as_deref()
+            .or(query.get("access_token").map(String::as_str));
+        let user = check(&app, path_user, token, &headers)?;
         Ok((accept, on_upgrade, user))
     });
     let (accept, on_upgrade, user) = match accepted {
@@ -142,14 +147,9 @@ fn handshake(
 fn check(
     app: &App,
     path_user: Option<String>,
+    token: Option<&str>,
     headers: &HeaderMap,
-    query: &HashMap<String, String>,
 ) -> Result<i64, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(bearer_token)
-        .or_else(|| query.get("access_token").map(String::as_str));
     let user = app.auth.authenticate(token)?;
     if let Some(path_user) = path_user
         && path_user.parse::<i64>().ok() != Some(user)
