@@ -1,7 +1,11 @@
 //! The running service: everything a request handler or a socket task may reach, and the lifecycle
 //! that starts and stops it. The same `start` runs in production and in tests.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -11,8 +15,11 @@ use crate::{
     chat::Chat,
     config::{Config, ConfigError},
     hub::{CloseCode, Hub},
-    store::{Store, StoreError},
+    store::{KnownUsers, Store, StoreError},
 };
+
+/// How long shutdown waits for the database after the grace ran out, whatever the database does.
+const DATABASE_CLOSE_LIMIT: Duration = Duration::from_secs(4);
 
 pub struct App {
     pub config: Config,
@@ -59,9 +66,13 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
     socket2::SockRef::from(&listener)
         .set_tcp_nodelay(true)
         .map_err(StartError::Listener)?;
-    let store = Store::connect(&config.database.url, config.database.max_connections)
-        .await
-        .map_err(StartError::Database)?;
+    let store = Store::connect(
+        &config.database.url,
+        config.database.max_connections,
+        config.database.write_timeout.0,
+    )
+    .await
+    .map_err(StartError::Database)?;
     if config.database.auto_migrate {
         store.migrate().await.map_err(StartError::Migration)?;
     } else {
@@ -76,7 +87,8 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
             return Err(StartError::PendingMigrations(pending));
         }
     }
-    let auth = Auth::new(&config, store.clone())?;
+    let users = Arc::new(KnownUsers::new(store.clone()));
+    let auth = Auth::new(&config, store.clone(), Arc::clone(&users))?;
     let shutdown = CancellationToken::new();
     let background = TaskTracker::new();
     let hub = Arc::new(Hub::new(config.limits.max_connections_per_user));
@@ -84,9 +96,12 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
         &config,
         store.clone(),
         Arc::clone(&hub),
+        users,
         shutdown.child_token(),
         &background,
-    );
+    )
+    .await
+    .map_err(StartError::Database)?;
     let app = Arc::new(App {
         config,
         store,
@@ -116,8 +131,10 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
 }
 
 impl RunningServer {
-    /// Stops accepting, closes every socket with 1001, commits what was accepted, and closes the
-    /// database; gives up waiting after `server.shutdown_grace`.
+    /// Stops accepting, closes every socket with 1001 (each answers what it already sent first),
+    /// commits what was accepted, and closes the database. Returns within `server.shutdown_grace`
+    /// plus a few seconds whatever the database does: work still waiting on it then is abandoned,
+    /// and nothing of it was acknowledged.
     pub async fn stop(self) {
         let grace = self.app.config.server.shutdown_grace.0;
         self.app.shutdown.cancel();
@@ -135,7 +152,12 @@ impl RunningServer {
                 "shutdown grace ran out; stopping with work in flight"
             );
         }
-        self.app.store.close().await;
+        if tokio::time::timeout(DATABASE_CLOSE_LIMIT, self.app.store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the database did not close in time; leaving it");
+        }
         tracing::info!("teachlyd stopped");
     }
 }

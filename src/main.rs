@@ -26,6 +26,8 @@ fn main() -> ExitCode {
             }
         }
     });
+    // A task still blocked on a stalled database must not keep the process alive past shutdown.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match outcome {
         Ok(output) => {
             if let Some(output) = output {

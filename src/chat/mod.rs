@@ -4,32 +4,31 @@
 
 mod batch;
 pub mod events;
+mod presence;
 mod receipts;
 mod writer;
 
-use std::{
-    collections::HashSet,
-    sync::{Arc, RwLock},
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use events::ServerEvent;
-pub use receipts::DeliveryRecorder;
-pub use writer::{MAX_BATCH, MessageWriter, WriteError, WriterStats};
+pub use writer::{MAX_BATCH, WriteError};
 
 use crate::{
     config::Config,
     domain::{
-        MAX_CLIENT_ID_CHARS, Message, MessageId, NewMessage, Receipt, Stored, UserId,
+        MAX_CLIENT_ID_CHARS, Message, MessageId, NewMessage, Stored, UserId,
         content::{ContentChecker, ContentRejection, ContentRules},
         now,
         repeat::RepeatGuard,
     },
     hub::{ConnectionHandle, ConnectionId, Hub, TooManyConnections},
-    store::{Store, StoreError},
+    store::{KnownUsers, SeenReceipt, Store, StoreError},
 };
+use presence::Presence;
+use receipts::DeliveryRecorder;
+use writer::MessageWriter;
 
 /// Why a chat action was refused. `code` is the error code of SPEC §5.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +45,8 @@ pub enum ChatError {
     Forbidden,
     #[error(transparent)]
     Write(#[from] WriteError),
+    #[error("the database did not answer in time; try again")]
+    TimedOut,
     #[error("the server could not complete this; try again")]
     Store(#[from] StoreError),
 }
@@ -58,7 +59,10 @@ impl ChatError {
             ChatError::UnknownRecipient(_) => "unknown_recipient",
             ChatError::InvalidField(_) => "invalid_field",
             ChatError::Forbidden => "forbidden",
-            ChatError::Write(_) | ChatError::Store(_) => "internal",
+            ChatError::Write(WriteError::Unavailable | WriteError::ShuttingDown)
+            | ChatError::TimedOut => "unavailable",
+            ChatError::Store(error) if error.is_unavailable() => "unavailable",
+            ChatError::Write(WriteError::Refused) | ChatError::Store(_) => "internal",
         }
     }
 }
@@ -66,11 +70,14 @@ impl ChatError {
 pub struct Chat {
     store: Store,
     hub: Arc<Hub>,
+    users: Arc<KnownUsers>,
     writer: MessageWriter,
     deliveries: DeliveryRecorder,
+    presence: Presence,
     checker: ContentChecker,
     repeats: Arc<RepeatGuard>,
-    known_users: RwLock<HashSet<UserId>>,
+    /// Every database wait on a sender's path ends by then (SPEC `database.write_timeout`).
+    write_timeout: std::time::Duration,
 }
 
 pub fn content_rules(config: &Config) -> ContentRules {
@@ -83,99 +90,171 @@ pub fn content_rules(config: &Config) -> ContentRules {
     }
 }
 
+/// A socket's place in the hub. Dropping it (however the socket's task ends, a panic included)
+/// releases the place, so no ghost connection counts against the user's cap or shows them online.
+pub struct Registration {
+    hub: Arc<Hub>,
+    presence: Presence,
+    user: UserId,
+    connection: ConnectionId,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if self.hub.unregister(self.user, self.connection) {
+            self.presence.changed(self.user);
+        }
+    }
+}
+
 impl Chat {
-    /// Starts the writer and the delivery recorder; both finish their queued work when `shutdown`
-    /// fires, and `tasks` lets the caller wait for that.
-    pub fn start(
+    /// Starts the writer, the delivery recorder and the presence announcer, each on database
+    /// connections of its own; all of them finish their queued work when `shutdown` fires, and
+    /// `tasks` lets the caller wait for that.
+    pub async fn start(
         config: &Config,
         store: Store,
         hub: Arc<Hub>,
+        users: Arc<KnownUsers>,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
-    ) -> Self {
-        let writer = MessageWriter::start(store.clone(), Arc::clone(&hub), shutdown.clone(), tasks);
-        let deliveries =
-            DeliveryRecorder::start(store.clone(), Arc::clone(&hub), shutdown.clone(), tasks);
+    ) -> Result<Self, StoreError> {
+        let write_timeout = config.database.write_timeout.0;
+        let writer = MessageWriter::start(
+            store.lane(write_timeout).await?,
+            store.clone(),
+            Arc::clone(&hub),
+            write_timeout,
+            shutdown.clone(),
+            tasks,
+        );
+        let deliveries = DeliveryRecorder::start(
+            store.lane(write_timeout).await?,
+            Arc::clone(&hub),
+            write_timeout,
+            shutdown.clone(),
+            tasks,
+        );
+        let presence = Presence::start(
+            store.clone(),
+            Arc::clone(&hub),
+            write_timeout,
+            shutdown.clone(),
+            tasks,
+        );
         let repeats = Arc::new(RepeatGuard::new(
             config.spam.duplicate_limit,
             config.spam.duplicate_window.0,
         ));
         tasks.spawn(forget_idle_senders(Arc::clone(&repeats), shutdown));
-        Self {
+        Ok(Self {
             store,
             hub,
+            users,
             writer,
             deliveries,
+            presence,
             checker: ContentChecker::new(content_rules(config)),
             repeats,
-            known_users: RwLock::new(HashSet::new()),
-        }
+            write_timeout,
+        })
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
     }
 
-    pub fn writer_stats(&self) -> &WriterStats {
-        &self.writer.stats
-    }
-
-    /// Checks, stores and fans out one message. Answers after the commit; a retry of a `client_id`
-    /// already stored answers the stored message with `created: false` and stores nothing.
+    /// Checks, stores and fans out one message; answers after the commit, or `unavailable` once
+    /// `database.write_timeout` passed without one. A `client_id` already stored answers the stored
+    /// message with `created: false` and stores nothing. `origin` is the socket that sent it, which
+    /// hears `message_sent` from this answer rather than from the hub.
     pub async fn send(
         &self,
         from: UserId,
         to: UserId,
         text: &str,
         client_id: Option<String>,
+        origin: Option<ConnectionId>,
     ) -> Result<Stored, ChatError> {
         if let Some(client_id) = &client_id {
             validate_client_id(client_id)?;
-            if let Some(message) = self.store.message_by_client_id(from, client_id).await? {
-                return Ok(Stored {
-                    message,
-                    created: false,
-                });
-            }
         }
         if to == from {
             return Err(ChatError::InvalidRecipient);
         }
-        let content = self.checker.check(text)?;
-        self.ensure_user_exists(to).await?;
-        self.repeats
-            .check_and_record(from, text, client_id.as_deref(), Instant::now())?;
-        let stored = self
-            .writer
-            .write(NewMessage {
-                from_id: from,
-                to_id: to,
-                content,
-                client_id,
-                timestamp: now(),
-            })
-            .await?;
-        Ok(stored)
+        let attempt = self.bounded(self.store_new(from, to, text, client_id.clone(), origin));
+        match attempt.await {
+            // A retry of a message stored earlier is answered with it, even if a rule would refuse
+            // the same text now (the repeat rule counts it, a reloaded rule may differ).
+            Err(ChatError::Content(rejection)) => match client_id {
+                Some(client_id) => self.stored_earlier(from, &client_id, rejection).await,
+                None => Err(rejection.into()),
+            },
+            outcome => outcome,
+        }
     }
 
-    async fn ensure_user_exists(&self, id: UserId) -> Result<(), ChatError> {
-        let known = self
-            .known_users
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .contains(&id);
-        if known {
-            return Ok(());
+    async fn store_new(
+        &self,
+        from: UserId,
+        to: UserId,
+        text: &str,
+        client_id: Option<String>,
+        origin: Option<ConnectionId>,
+    ) -> Result<Stored, ChatError> {
+        let content = self.checker.check(text)?;
+        if !self.users.exists(to).await? {
+            return Err(ChatError::UnknownRecipient(to));
         }
-        // Users are never deleted while the daemon runs, so a positive answer can be kept.
-        if id > 0 && self.store.user_exists(id).await? {
-            self.known_users
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .insert(id);
-            return Ok(());
+        self.repeats
+            .check_and_record(from, &content, client_id.as_deref(), Instant::now())?;
+        let message = NewMessage {
+            from_id: from,
+            to_id: to,
+            content,
+            client_id,
+            timestamp: now(),
+        };
+        match self.writer.write(message, origin).await {
+            Ok(stored) => Ok(stored),
+            // A row of its own failed: most likely a user deleted behind the cache's back.
+            Err(WriteError::Refused) => {
+                self.users.forget(from);
+                self.users.forget(to);
+                if !self.users.exists(to).await? {
+                    return Err(ChatError::UnknownRecipient(to));
+                }
+                Err(WriteError::Refused.into())
+            }
+            Err(error) => Err(error.into()),
         }
-        Err(ChatError::UnknownRecipient(id))
+    }
+
+    async fn stored_earlier(
+        &self,
+        from: UserId,
+        client_id: &str,
+        rejection: ContentRejection,
+    ) -> Result<Stored, ChatError> {
+        let stored =
+            self.bounded(async { Ok(self.store.message_by_client_id(from, client_id).await?) });
+        match stored.await? {
+            Some(message) => Ok(Stored {
+                message,
+                created: false,
+            }),
+            None => Err(rejection.into()),
+        }
+    }
+
+    /// `work`, or `TimedOut` once `database.write_timeout` passed.
+    async fn bounded<T>(
+        &self,
+        work: impl Future<Output = Result<T, ChatError>>,
+    ) -> Result<T, ChatError> {
+        tokio::time::timeout(self.write_timeout, work)
+            .await
+            .unwrap_or(Err(ChatError::TimedOut))
     }
 
     /// The recipient marks one message seen; the sender's connections and the recipient's other ones
@@ -186,17 +265,20 @@ impl Chat {
         id: MessageId,
         origin: Option<ConnectionId>,
     ) -> Result<(), ChatError> {
-        let seen_at = now();
-        match self.store.mark_seen(reader, id, seen_at).await? {
-            Some(receipt) => {
-                self.announce_seen(&[receipt], seen_at, origin);
-                Ok(())
+        self.bounded(async {
+            let seen_at = now();
+            match self.store.mark_seen(reader, id, seen_at).await? {
+                Some(receipt) => {
+                    self.announce_seen(&[receipt], seen_at, origin);
+                    Ok(())
+                }
+                None => match self.store.message(id).await? {
+                    Some(message) if message.to_id == reader => Ok(()),
+                    _ => Err(ChatError::Forbidden),
+                },
             }
-            None => match self.store.message(id).await? {
-                Some(message) if message.to_id == reader => Ok(()),
-                _ => Err(ChatError::Forbidden),
-            },
-        }
+        })
+        .await
     }
 
     /// The reader marks every message from `peer` up to `up_to` seen; answers how many changed.
@@ -206,22 +288,39 @@ impl Chat {
         peer: UserId,
         up_to: MessageId,
     ) -> Result<usize, ChatError> {
-        let seen_at = now();
-        let receipts = self
-            .store
-            .mark_seen_up_to(reader, peer, up_to, seen_at)
-            .await?;
-        self.announce_seen(&receipts, seen_at, None);
-        Ok(receipts.len())
+        self.bounded(async {
+            let seen_at = now();
+            let receipts = self
+                .store
+                .mark_seen_up_to(reader, peer, up_to, seen_at)
+                .await?;
+            self.announce_seen(&receipts, seen_at, None);
+            Ok(receipts.len())
+        })
+        .await
     }
 
+    /// A message seen is delivered too: its sender hears `message_delivered` first when marking it
+    /// seen delivered it.
     fn announce_seen(
         &self,
-        receipts: &[Receipt],
+        receipts: &[SeenReceipt],
         seen_at: sqlx::types::time::OffsetDateTime,
         origin: Option<ConnectionId>,
     ) {
-        for receipt in receipts {
+        for SeenReceipt {
+            receipt,
+            delivered_now,
+        } in receipts
+        {
+            if *delivered_now {
+                let delivered = ServerEvent::MessageDelivered {
+                    message_id: receipt.id,
+                    delivered_at: seen_at,
+                };
+                self.hub
+                    .send_to_user(receipt.from_id, &delivered.to_outbound());
+            }
             let event = ServerEvent::MessageSeen {
                 message_id: receipt.id,
                 seen_at,
@@ -242,44 +341,19 @@ impl Chat {
         Ok(())
     }
 
-    /// Registers a new socket. On the user's first one, online peers hear `user_connected`.
-    pub async fn connect(&self, handle: ConnectionHandle) -> Result<(), TooManyConnections> {
-        let user = handle.user_id;
-        let first = self.hub.register(handle)?;
-        if first {
-            let event = ServerEvent::UserConnected { user_id: user }.to_outbound();
-            self.tell_online_peers(user, &event).await;
+    /// Registers a new socket; the user's peers hear of them if it is their first. The socket stays
+    /// registered until the answer is dropped.
+    pub fn connect(&self, handle: ConnectionHandle) -> Result<Registration, TooManyConnections> {
+        let (user, connection) = (handle.user_id, handle.id);
+        if self.hub.register(handle)? {
+            self.presence.changed(user);
         }
-        Ok(())
-    }
-
-    /// Unregisters a socket. On the user's last one, `last_seen_at` is stored and online peers hear
-    /// `user_disconnected`.
-    pub async fn disconnect(&self, user: UserId, connection: ConnectionId) {
-        if !self.hub.unregister(user, connection) {
-            return;
-        }
-        let last_seen_at = now();
-        if let Err(error) = self.store.set_last_seen(user, last_seen_at).await {
-            tracing::warn!(%error, user, "storing last_seen_at failed");
-        }
-        let event = ServerEvent::UserDisconnected {
-            user_id: user,
-            last_seen_at,
-        }
-        .to_outbound();
-        self.tell_online_peers(user, &event).await;
-    }
-
-    async fn tell_online_peers(&self, user: UserId, event: &crate::hub::Outbound) {
-        match self.store.conversation_peers(user).await {
-            Ok(peers) => {
-                for peer in peers.into_iter().filter(|peer| *peer != user) {
-                    self.hub.send_to_user(peer, event);
-                }
-            }
-            Err(error) => tracing::warn!(%error, user, "reading conversation peers failed"),
-        }
+        Ok(Registration {
+            hub: Arc::clone(&self.hub),
+            presence: self.presence.clone(),
+            user,
+            connection,
+        })
     }
 
     /// Messages to `user` still undelivered, oldest first, after `after`.
@@ -289,12 +363,13 @@ impl Chat {
         after: MessageId,
         limit: u32,
     ) -> Result<Vec<Message>, ChatError> {
-        Ok(self.store.undelivered(user, after, limit).await?)
+        self.bounded(async { Ok(self.store.undelivered(user, after, limit).await?) })
+            .await
     }
 
     /// Records that a `new_message` frame reached one of the recipient's sockets.
-    pub async fn delivered(&self, id: MessageId) {
-        self.deliveries.written(id).await;
+    pub fn delivered(&self, id: MessageId) {
+        self.deliveries.written(id);
     }
 }
 

@@ -1,8 +1,9 @@
 //! Delivery receipts: a message counts as delivered once its frame was written to one of the
-//! recipient's sockets (DESIGN §3). Writes are batched like messages; the rows the update changed are
-//! exactly the ones whose sender hears `message_delivered`, once per message.
+//! recipient's sockets (DESIGN §3). Writes are batched like messages, on a connection of their own;
+//! the rows the update changed are exactly the ones whose sender hears `message_delivered`, once per
+//! message.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -19,38 +20,46 @@ pub struct DeliveryRecorder {
 }
 
 impl DeliveryRecorder {
+    /// Starts the batcher on its own `lane`; `timeout` bounds each of its updates.
     pub fn start(
-        store: Store,
+        lane: Store,
         hub: Arc<Hub>,
+        timeout: Duration,
         shutdown: CancellationToken,
         tasks: &tokio_util::task::TaskTracker,
     ) -> Self {
         let (written, receiver) = mpsc::channel(QUEUE);
-        tasks.spawn(run(store, hub, receiver, shutdown));
+        tasks.spawn(run(lane, hub, timeout, receiver, shutdown));
         Self { written }
     }
 
-    /// Records that `id` reached a socket of its recipient.
-    pub async fn written(&self, id: MessageId) {
-        // Only fails during shutdown; the message then stays undelivered and is sent again next time.
-        let _ = self.written.send(id).await;
+    /// Records that `id` reached a socket of its recipient. Never waits: a socket must not stall
+    /// behind a stalled database. When the queue is full (or the server is stopping) the message
+    /// stays undelivered and is sent again on the recipient's next connection.
+    pub fn written(&self, id: MessageId) {
+        if self.written.try_send(id).is_err() {
+            tracing::debug!(
+                message = id,
+                "the delivery queue is full; the message stays undelivered"
+            );
+        }
     }
 }
 
 async fn run(
-    store: Store,
+    lane: Store,
     hub: Arc<Hub>,
+    timeout: Duration,
     mut receiver: mpsc::Receiver<MessageId>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let batch = next_batch_until(&mut receiver, MAX_BATCH, &shutdown).await;
-        let Some(mut ids) = batch else { break };
+    while let Some(mut ids) = next_batch_until(&mut receiver, MAX_BATCH, &shutdown).await {
         ids.sort_unstable();
         ids.dedup();
         let delivered_at = crate::domain::now();
-        match store.mark_delivered(&ids, delivered_at).await {
-            Ok(receipts) => {
+        let update = tokio::time::timeout(timeout, lane.mark_delivered(&ids, delivered_at)).await;
+        match update {
+            Ok(Ok(receipts)) => {
                 for receipt in receipts {
                     let event = ServerEvent::MessageDelivered {
                         message_id: receipt.id,
@@ -60,8 +69,11 @@ async fn run(
                 }
             }
             // Left undelivered: the recipient gets these again on their next connection.
-            Err(error) => {
+            Ok(Err(error)) => {
                 tracing::error!(%error, messages = ids.len(), "recording deliveries failed")
+            }
+            Err(_) => {
+                tracing::error!(messages = ids.len(), "recording deliveries timed out")
             }
         }
     }

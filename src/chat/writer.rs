@@ -1,23 +1,22 @@
 //! Group commit: many senders' messages share one transaction, and each sender hears back only after
-//! that transaction committed (DESIGN §1, §2, §5).
+//! that transaction committed (DESIGN §1, §2, §5, §9).
+//!
+//! Faults stay with the message that causes them. A batch whose transaction fails for a reason of
+//! its own rows (a constraint, a deleted user) is split in halves and retried, so only the message
+//! that cannot be stored is refused; a database that cannot answer at all fails what is left of the
+//! batch at once with `Unavailable`. Once COMMIT returned, every created message is acknowledged and
+//! fanned out before anything else that could fail (reading back the rows of repeated `client_id`s).
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Instant,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{batch::next_batch_until, events::ServerEvent};
 use crate::{
-    domain::{NewMessage, Stored, UserId},
-    hub::Hub,
-    store::Store,
+    domain::{Message, MessageId, NewMessage, Stored, UserId},
+    hub::{ConnectionId, Hub},
+    store::{Store, StoreError},
 };
 
 /// The most messages committed in one transaction.
@@ -25,139 +24,255 @@ pub const MAX_BATCH: usize = 512;
 /// Senders waiting for room beyond this wait (their `message_sent` comes later) instead of the
 /// process buffering without end.
 const QUEUE: usize = 4096;
+/// How much longer than the database's own statement timeout the writer waits before it gives up on
+/// a statement itself (a database that cannot even say it timed out).
+const TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
-    #[error("the message could not be stored; try again")]
-    Failed,
-    #[error("the server is shutting down; try again in a moment")]
+    #[error(
+        "the database did not store the message in time; send it again with the same client_id"
+    )]
+    Unavailable,
+    #[error("this message could not be stored")]
+    Refused,
+    #[error("the server is shutting down; send it again with the same client_id in a moment")]
     ShuttingDown,
 }
 
 struct WriteRequest {
     message: NewMessage,
+    /// The socket that sent it: it hears `message_sent` from its own answer, not from the hub.
+    origin: Option<ConnectionId>,
     reply: oneshot::Sender<Result<Stored, WriteError>>,
-}
-
-/// Figures of the write path, for benchmarks and (later) metrics.
-#[derive(Debug, Default)]
-pub struct WriterStats {
-    pub batches: AtomicU64,
-    pub messages: AtomicU64,
-    pub commit_micros: AtomicU64,
 }
 
 #[derive(Clone)]
 pub struct MessageWriter {
     requests: mpsc::Sender<WriteRequest>,
-    pub stats: Arc<WriterStats>,
 }
 
 impl MessageWriter {
-    /// Starts the writer task; it stops when `shutdown` fires, after committing what was queued.
+    /// Starts the writer task on its own `lane`; it stops when `shutdown` fires, after committing
+    /// what was queued. `reads` serves the read-backs of repeated `client_id`s.
     pub fn start(
-        store: Store,
+        lane: Store,
+        reads: Store,
         hub: Arc<Hub>,
+        statement_timeout: Duration,
         shutdown: CancellationToken,
         tasks: &tokio_util::task::TaskTracker,
     ) -> Self {
         let (requests, receiver) = mpsc::channel(QUEUE);
-        let stats = Arc::new(WriterStats::default());
-        tasks.spawn(run(store, hub, receiver, shutdown, Arc::clone(&stats)));
-        Self { requests, stats }
+        let writer = Writer {
+            lane,
+            reads,
+            hub,
+            timeout: statement_timeout + TIMEOUT_MARGIN,
+        };
+        tasks.spawn(writer.run(receiver, shutdown));
+        Self { requests }
     }
 
-    /// Stores `message` and fans it out; answers once it is committed.
-    pub async fn write(&self, message: NewMessage) -> Result<Stored, WriteError> {
+    /// Stores `message` and fans it out; answers once it is committed. Dropping the future before the
+    /// writer took the message means it is never stored.
+    pub async fn write(
+        &self,
+        message: NewMessage,
+        origin: Option<ConnectionId>,
+    ) -> Result<Stored, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(WriteRequest { message, reply })
+            .send(WriteRequest {
+                message,
+                origin,
+                reply,
+            })
             .await
             .map_err(|_| WriteError::ShuttingDown)?;
         answer.await.map_err(|_| WriteError::ShuttingDown)?
     }
 }
 
-async fn run(
-    store: Store,
-    hub: Arc<Hub>,
-    mut receiver: mpsc::Receiver<WriteRequest>,
-    shutdown: CancellationToken,
-    stats: Arc<WriterStats>,
-) {
-    loop {
-        let batch = next_batch_until(&mut receiver, MAX_BATCH, &shutdown).await;
-        let Some(batch) = batch else { break };
-        commit(&store, &hub, batch, &stats).await;
+/// One row to insert and everyone waiting for it: the first sender owns its creation, later ones in
+/// the same batch sent the same `(from_id, client_id)` again.
+struct Row {
+    message: NewMessage,
+    waiting: Vec<WriteRequest>,
+}
+
+impl Row {
+    fn abandoned(&self) -> bool {
+        self.waiting.iter().all(|request| request.reply.is_closed())
+    }
+
+    /// Answers everyone waiting with a row that was stored before, or with why it was not.
+    fn answer(self, outcome: Result<&Message, WriteError>) {
+        for request in self.waiting {
+            let answer = outcome.map(|message| Stored {
+                message: message.clone(),
+                created: false,
+            });
+            let _ = request.reply.send(answer);
+        }
     }
 }
 
-async fn commit(store: &Store, hub: &Hub, batch: Vec<WriteRequest>, stats: &WriterStats) {
-    // Two sends with the same (from_id, client_id) in one batch become one row: the first owns it.
-    let mut unique: Vec<NewMessage> = Vec::with_capacity(batch.len());
-    let mut owner_of: HashMap<(UserId, &str), usize> = HashMap::new();
-    let mut slots = Vec::with_capacity(batch.len());
-    for request in &batch {
+struct Writer {
+    lane: Store,
+    reads: Store,
+    hub: Arc<Hub>,
+    timeout: Duration,
+}
+
+impl Writer {
+    async fn run(self, mut receiver: mpsc::Receiver<WriteRequest>, shutdown: CancellationToken) {
+        while let Some(batch) = next_batch_until(&mut receiver, MAX_BATCH, &shutdown).await {
+            self.commit(batch).await;
+        }
+    }
+
+    async fn commit(&self, batch: Vec<WriteRequest>) {
+        let mut rows = fold(batch);
+        let mut conflicts = Vec::new();
+        // Ranges still to insert, the next one last; a failed range is pushed back as two halves.
+        let mut pending = Vec::with_capacity(8);
+        pending.push(0..rows.len());
+        while let Some(range) = pending.pop() {
+            let live: Vec<usize> = range.clone().filter(|&i| !rows[i].abandoned()).collect();
+            if live.is_empty() {
+                continue;
+            }
+            let messages: Vec<NewMessage> = live.iter().map(|&i| rows[i].message.clone()).collect();
+            let attempt = tokio::time::timeout(self.timeout, self.lane.insert_messages(&messages))
+                .await
+                .unwrap_or(Err(StoreError::TimedOut));
+            match attempt {
+                Ok(ids) => {
+                    for (&index, id) in live.iter().zip(ids) {
+                        match id {
+                            Some(id) => self.created(&mut rows[index], id),
+                            None => conflicts.push(index),
+                        }
+                    }
+                }
+                Err(error) if error.is_unavailable() => {
+                    tracing::error!(%error, messages = messages.len(), "the database did not store a batch of messages");
+                    for row in unanswered(&mut rows[range.start..]) {
+                        row.answer(Err(WriteError::Unavailable));
+                    }
+                    pending.clear();
+                }
+                Err(error) if live.len() == 1 => {
+                    tracing::warn!(%error, "a message could not be stored");
+                    for row in unanswered(&mut rows[range]) {
+                        row.answer(Err(WriteError::Refused));
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, messages = live.len(), "a batch failed; retrying it in halves");
+                    let middle = live[live.len() / 2];
+                    pending.push(middle..range.end);
+                    pending.push(range.start..middle);
+                }
+            }
+        }
+        for index in conflicts {
+            self.stored_before(
+                std::mem::take(&mut rows[index].waiting),
+                &rows[index].message,
+            )
+            .await;
+        }
+    }
+
+    /// A new row: the sender's other sockets and the recipient hear of it now, and every request
+    /// waiting for it is answered.
+    fn created(&self, row: &mut Row, id: MessageId) {
+        let message = row.message.clone().stored_as(id);
+        let owner = row.waiting.first().and_then(|request| request.origin);
+        self.hub.send_to_user_except(
+            message.from_id,
+            owner,
+            &ServerEvent::MessageSent { message: &message }.to_outbound(),
+        );
+        self.hub.send_to_user(
+            message.to_id,
+            &ServerEvent::NewMessage { message: &message }.to_outbound(),
+        );
+        for (n, request) in std::mem::take(&mut row.waiting).into_iter().enumerate() {
+            let _ = request.reply.send(Ok(Stored {
+                message: message.clone(),
+                created: n == 0,
+            }));
+        }
+    }
+
+    /// A `(from_id, client_id)` committed by an earlier batch: answered with that row.
+    async fn stored_before(&self, waiting: Vec<WriteRequest>, message: &NewMessage) {
+        if waiting.is_empty() {
+            return;
+        }
+        let client_id = message.client_id.as_deref().unwrap_or_default();
+        let read = tokio::time::timeout(
+            self.timeout,
+            self.reads.message_by_client_id(message.from_id, client_id),
+        )
+        .await;
+        let outcome = match read {
+            Ok(Ok(Some(stored))) => Ok(stored),
+            Ok(Ok(None)) => Err(WriteError::Refused),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "reading back a repeated client_id failed");
+                Err(WriteError::Unavailable)
+            }
+            Err(_) => Err(WriteError::Unavailable),
+        };
+        Row {
+            message: message.clone(),
+            waiting,
+        }
+        .answer(outcome.as_ref().map_err(|error| *error));
+    }
+}
+
+/// The rows whose requests have not been answered yet, taken out to be answered.
+fn unanswered(rows: &mut [Row]) -> Vec<Row> {
+    rows.iter_mut()
+        .filter(|row| !row.waiting.is_empty())
+        .map(|row| Row {
+            message: row.message.clone(),
+            waiting: std::mem::take(&mut row.waiting),
+        })
+        .collect()
+}
+
+/// Drops the requests whose sender stopped waiting (they are never stored), and folds two sends with
+/// the same `(from_id, client_id)` into one row: the first owns it.
+fn fold(batch: Vec<WriteRequest>) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::with_capacity(batch.len());
+    let mut row_of: HashMap<(UserId, String), usize> = HashMap::new();
+    for request in batch {
+        if request.reply.is_closed() {
+            continue;
+        }
         let key = request
             .message
             .client_id
-            .as_deref()
+            .clone()
             .map(|client_id| (request.message.from_id, client_id));
-        match key.and_then(|key| owner_of.get(&key).copied()) {
-            Some(index) => slots.push((index, false)),
+        match key.as_ref().and_then(|key| row_of.get(key)) {
+            Some(&index) => rows[index].waiting.push(request),
             None => {
-                let index = unique.len();
                 if let Some(key) = key {
-                    owner_of.insert(key, index);
+                    row_of.insert(key, rows.len());
                 }
-                unique.push(request.message.clone());
-                slots.push((index, true));
+                rows.push(Row {
+                    message: request.message.clone(),
+                    waiting: vec![request],
+                });
             }
         }
     }
-    drop(owner_of);
-
-    let started = Instant::now();
-    let result = store.insert_messages(&unique).await;
-    let elapsed = started.elapsed();
-    stats.batches.fetch_add(1, Ordering::Relaxed);
-    stats
-        .messages
-        .fetch_add(unique.len() as u64, Ordering::Relaxed);
-    stats
-        .commit_micros
-        .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-    tracing::debug!(
-        messages = unique.len(),
-        micros = elapsed.as_micros() as u64,
-        "committed a batch"
-    );
-
-    let stored = match result {
-        Ok(stored) => stored,
-        Err(error) => {
-            tracing::error!(%error, messages = unique.len(), "storing a batch of messages failed");
-            for request in batch {
-                let _ = request.reply.send(Err(WriteError::Failed));
-            }
-            return;
-        }
-    };
-    // Committed: now, and only now, the sender and the recipient may hear of it.
-    for outcome in stored.iter().filter(|outcome| outcome.created) {
-        let message = &outcome.message;
-        hub.send_to_user(
-            message.from_id,
-            &ServerEvent::MessageSent { message }.to_outbound(),
-        );
-        hub.send_to_user(
-            message.to_id,
-            &ServerEvent::NewMessage { message }.to_outbound(),
-        );
-    }
-    for (request, (index, owner)) in batch.into_iter().zip(slots) {
-        let mut answer = stored[index].clone();
-        answer.created &= owner;
-        let _ = request.reply.send(Ok(answer));
-    }
+    rows
 }

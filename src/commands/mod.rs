@@ -36,7 +36,9 @@ impl CommandError {
 impl From<StoreError> for CommandError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Unavailable(_) => CommandError::DatabaseUnavailable(error.to_string()),
+            StoreError::Unavailable(_) | StoreError::TimedOut => {
+                CommandError::DatabaseUnavailable(error.to_string())
+            }
             other => CommandError::Runtime(other.to_string()),
         }
     }
@@ -46,7 +48,7 @@ impl From<StartError> for CommandError {
     fn from(error: StartError) -> Self {
         match error {
             StartError::Config(error) => CommandError::Config(error),
-            StartError::Database(StoreError::Unavailable(_)) => {
+            StartError::Database(ref store) if store.is_unavailable() => {
                 CommandError::DatabaseUnavailable(error.to_string())
             }
             other => CommandError::Runtime(other.to_string()),
@@ -60,7 +62,7 @@ pub fn load_config(file: &crate::cli::ConfigFile) -> Result<(Config, ConfigSourc
 }
 
 pub async fn open_store(config: &Config) -> Result<Store, CommandError> {
-    Store::connect(&config.database.url, 2)
+    Store::connect(&config.database.url, 2, config.database.write_timeout.0)
         .await
         .map_err(|error| match error {
             StoreError::Other(_) | StoreError::Unavailable(_) => {

@@ -45,6 +45,9 @@ pub struct DatabaseConfig {
     pub url: String,
     pub auto_migrate: bool,
     pub max_connections: u32,
+    /// A message not committed within this is refused with `unavailable`; the client retries with
+    /// the same `client_id`.
+    pub write_timeout: HumanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -120,6 +123,7 @@ impl Default for DatabaseConfig {
             url: "sqlite://teachlyd.db".into(),
             auto_migrate: true,
             max_connections: 10,
+            write_timeout: HumanDuration::secs(5),
         }
     }
 }
@@ -303,9 +307,6 @@ impl Config {
         for origin in &self.server.cors_origins {
             validate_origin(origin)?;
         }
-        if self.server.shutdown_grace.0.is_zero() {
-            return Err(invalid("server.shutdown_grace", "must be longer than 0s"));
-        }
         validate_database_url(&self.database.url)?;
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
@@ -313,10 +314,7 @@ impl Config {
         self.validate_auth()?;
         validate_log_level(&self.log.level)?;
         self.validate_limits()?;
-        let spam = &self.spam;
-        if spam.duplicate_limit > 0 && spam.duplicate_window.0.is_zero() {
-            return Err(invalid("spam.duplicate_window", "must be longer than 0s"));
-        }
+        self.validate_durations()?;
         for domain in &mut self.urls.blocked_domains {
             *domain = normalize_domain(domain)?;
         }
@@ -391,6 +389,35 @@ impl Config {
                 "limits.outbound_queue",
                 "must be between 16 and 1000000",
             ));
+        }
+        Ok(())
+    }
+
+    /// Every duration a timer or a token lifetime is built from: zero would make a timer spin (tokio
+    /// panics on a zero interval) and a huge value overflows the clock arithmetic.
+    fn validate_durations(&self) -> Result<(), ConfigError> {
+        const HOUR: u64 = 3600;
+        const DAY: u64 = 24 * HOUR;
+        let bounded = [
+            ("server.shutdown_grace", self.server.shutdown_grace, HOUR),
+            ("database.write_timeout", self.database.write_timeout, HOUR),
+            ("limits.ping_interval", self.limits.ping_interval, HOUR),
+            ("auth.access_token_ttl", self.auth.access_token_ttl, DAY),
+            (
+                "auth.refresh_token_ttl",
+                self.auth.refresh_token_ttl,
+                3650 * DAY,
+            ),
+            ("spam.duplicate_window", self.spam.duplicate_window, DAY),
+        ];
+        for (key, HumanDuration(value), max_secs) in bounded {
+            if value.is_zero() {
+                return Err(invalid(key, "must be longer than 0s"));
+            }
+            if value > std::time::Duration::from_secs(max_secs) {
+                let max = HumanDuration::secs(max_secs);
+                return Err(invalid(key, format!("must be at most {max}")));
+            }
         }
         Ok(())
     }

@@ -164,6 +164,32 @@ fn bad_values_name_their_key() {
         check(&|c| c.auth.refresh_token_ttl = HumanDuration::secs(60)),
         "auth.refresh_token_ttl"
     );
+    for zero_or_huge in [HumanDuration::secs(0), HumanDuration::secs(u64::MAX / 2)] {
+        assert_eq!(
+            check(&|c| c.limits.ping_interval = zero_or_huge),
+            "limits.ping_interval"
+        );
+        assert_eq!(
+            check(&|c| c.database.write_timeout = zero_or_huge),
+            "database.write_timeout"
+        );
+        assert_eq!(
+            check(&|c| c.server.shutdown_grace = zero_or_huge),
+            "server.shutdown_grace"
+        );
+        assert_eq!(
+            check(&|c| c.spam.duplicate_window = zero_or_huge),
+            "spam.duplicate_window"
+        );
+    }
+    assert_eq!(
+        check(&|c| c.auth.refresh_token_ttl = HumanDuration::secs(100 * 365 * 86_400)),
+        "auth.refresh_token_ttl"
+    );
+    assert_eq!(
+        check(&|c| c.auth.access_token_ttl = HumanDuration::secs(2 * 86_400)),
+        "auth.access_token_ttl"
+    );
     assert_eq!(
         check(&|c| c.urls.blocked_domains = vec!["bad domain".into()]),
         "urls.blocked_domains"

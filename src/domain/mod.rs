@@ -102,6 +102,22 @@ pub struct NewMessage {
     pub timestamp: OffsetDateTime,
 }
 
+impl NewMessage {
+    /// The message as it reads once committed under `id`.
+    pub fn stored_as(self, id: MessageId) -> Message {
+        Message {
+            id,
+            from_id: self.from_id,
+            to_id: self.to_id,
+            content: self.content,
+            timestamp: self.timestamp,
+            delivered_at: None,
+            seen_at: None,
+            client_id: self.client_id,
+        }
+    }
+}
+
 /// What committing a `NewMessage` came to: a new row, or the row an earlier send with the same
 /// `(from_id, client_id)` stored.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -87,7 +87,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 }
 
 async fn list(app: Arc<App>, token: Option<String>) -> Result<Response, ApiError> {
-    let caller = app.auth.authenticate(token.as_deref())?;
+    let caller = app.auth.authenticate(token.as_deref()).await?;
     let conversations: Vec<Conversation> = app
         .store
         .conversations(caller)
@@ -108,7 +108,7 @@ async fn history(
     peer: String,
     query: HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    let caller = app.auth.authenticate(token.as_deref())?;
+    let caller = app.auth.authenticate(token.as_deref()).await?;
     let peer = path_id(&peer, "the peer id")?;
     let limit = query_number(&query, "limit", 1, MAX_PAGE)?.unwrap_or(DEFAULT_HISTORY_LIMIT);
     let before = query_number(&query, "before", 1, i64::MAX)?;
@@ -131,12 +131,12 @@ async fn send(
     peer: String,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = app.auth.authenticate(token.as_deref())?;
+    let caller = app.auth.authenticate(token.as_deref()).await?;
     let peer = path_id(&peer, "the peer id")?;
     let request: SendRequest = parse_json(&body)?;
     let stored = app
         .chat
-        .send(caller, peer, &request.message, request.client_id)
+        .send(caller, peer, &request.message, request.client_id, None)
         .await?;
     let status = if stored.created {
         StatusCode::CREATED
@@ -152,7 +152,7 @@ async fn seen(
     peer: String,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = app.auth.authenticate(token.as_deref())?;
+    let caller = app.auth.authenticate(token.as_deref()).await?;
     let peer = path_id(&peer, "the peer id")?;
     let request: SeenRequest = parse_json(&body)?;
     if request.up_to <= 0 {

@@ -6,7 +6,11 @@ use warp::{
     reply::{Reply, Response},
 };
 
-use crate::{auth::AuthError, chat::ChatError, store::StoreError};
+use crate::{
+    auth::AuthError,
+    chat::{ChatError, WriteError},
+    store::StoreError,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -62,7 +66,7 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound => ApiError::not_found("not found"),
-            StoreError::Unavailable(_) => {
+            StoreError::Unavailable(_) | StoreError::TimedOut => {
                 tracing::error!(%error, "database unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -98,10 +102,14 @@ impl From<ChatError> for ApiError {
     fn from(error: ChatError) -> Self {
         let status = match error {
             ChatError::Store(store) => return store.into(),
-            ChatError::Write(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ChatError::Write(WriteError::Unavailable | WriteError::ShuttingDown)
+            | ChatError::TimedOut => StatusCode::SERVICE_UNAVAILABLE,
+            ChatError::Write(WriteError::Refused) => StatusCode::INTERNAL_SERVER_ERROR,
             ChatError::UnknownRecipient(_) => StatusCode::NOT_FOUND,
             ChatError::Forbidden => StatusCode::FORBIDDEN,
-            _ => StatusCode::UNPROCESSABLE_ENTITY,
+            ChatError::Content(_) | ChatError::InvalidRecipient | ChatError::InvalidField(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
         };
         ApiError::new(status, error.code(), error.to_string())
     }

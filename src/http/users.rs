@@ -33,7 +33,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 }
 
 async fn me(app: Arc<App>, token: Option<String>) -> Result<Response, ApiError> {
-    let caller = app.auth.authenticate(token.as_deref())?;
+    let caller = app.auth.authenticate(token.as_deref()).await?;
     let user = app.store.user(caller).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -49,7 +49,7 @@ async fn search(
     token: Option<String>,
     query: HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    app.auth.authenticate(token.as_deref())?;
+    app.auth.authenticate(token.as_deref()).await?;
     let limit = query_number(&query, "limit", 1, MAX_PAGE)?.unwrap_or(DEFAULT_SEARCH_LIMIT);
     let text = query.get("q").map(|q| q.trim()).unwrap_or_default();
     if text.chars().count() > 100 || text.chars().any(char::is_control) {
@@ -66,7 +66,7 @@ async fn search(
 }
 
 async fn one(app: Arc<App>, token: Option<String>, id: String) -> Result<Response, ApiError> {
-    app.auth.authenticate(token.as_deref())?;
+    app.auth.authenticate(token.as_deref()).await?;
     let id = path_id(&id, "the user id")?;
     let user = app
         .store

@@ -42,24 +42,46 @@ impl Outbound {
 pub enum CloseCode {
     /// The server is shutting down.
     GoingAway = 1001,
+    /// The client broke the WebSocket protocol (RFC 6455 §7.4.1).
+    ProtocolError = 1002,
+    /// A text frame that is not UTF-8.
+    InvalidPayload = 1007,
     /// The client kept sending after being refused.
     PolicyViolation = 1008,
     /// A frame was larger than `limits.max_frame_bytes`.
     TooBig = 1009,
+    /// The server could not do its part (the backlog could not be read): reconnect.
+    InternalError = 1011,
     /// The outbound queue overflowed: the client does not read fast enough.
     Overflow = 1013,
 }
 
 impl CloseCode {
+    const ALL: [Self; 7] = [
+        Self::GoingAway,
+        Self::ProtocolError,
+        Self::InvalidPayload,
+        Self::PolicyViolation,
+        Self::TooBig,
+        Self::InternalError,
+        Self::Overflow,
+    ];
+
     fn from_u16(code: u16) -> Option<Self> {
-        [
-            Self::GoingAway,
-            Self::PolicyViolation,
-            Self::TooBig,
-            Self::Overflow,
-        ]
-        .into_iter()
-        .find(|c| *c as u16 == code)
+        Self::ALL.into_iter().find(|c| *c as u16 == code)
+    }
+
+    /// The close frame's reason, for people reading a trace.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::GoingAway => "server shutting down",
+            Self::ProtocolError => "WebSocket protocol error",
+            Self::InvalidPayload => "text frames must be UTF-8",
+            Self::PolicyViolation => "policy violation",
+            Self::TooBig => "frame too large",
+            Self::InternalError => "server error: reconnect to get your messages",
+            Self::Overflow => "too slow: reconnect to get what you missed",
+        }
     }
 }
 

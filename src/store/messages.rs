@@ -1,10 +1,17 @@
 use sqlx::{AssertSqlSafe, types::time::OffsetDateTime};
 
 use super::{Store, StoreResult, on_pool, users::json_array};
-use crate::domain::{Message, MessageId, NewMessage, Receipt, Stored, User, UserId};
+use crate::domain::{Message, MessageId, NewMessage, Receipt, User, UserId};
 
 const MESSAGE_COLUMNS: &str =
     "id, from_id, to_id, content, timestamp, delivered_at, seen_at, client_id";
+
+/// A message that was just marked seen; `delivered_now` when marking it seen also delivered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeenReceipt {
+    pub receipt: Receipt,
+    pub delivered_now: bool,
+}
 
 /// One page of a conversation, newest first; `next_before` continues it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,48 +42,20 @@ struct ConversationRow {
 }
 
 impl Store {
-    /// Commits a batch of messages in one transaction. A `(from_id, client_id)` already stored is not an
-    /// error: its slot in the answer carries the stored row with `created: false`. The caller makes sure
-    /// every recipient exists and that no key appears twice in one batch.
-    pub async fn insert_messages(&self, batch: &[NewMessage]) -> StoreResult<Vec<Stored>> {
+    /// Commits a batch of messages in one transaction and answers the id of each, in order, or `None`
+    /// where its `(from_id, client_id)` was already stored (the caller reads that row back). Any other
+    /// failure fails the whole batch; the caller makes sure no key appears twice in one batch.
+    pub async fn insert_messages(
+        &self,
+        batch: &[NewMessage],
+    ) -> StoreResult<Vec<Option<MessageId>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let inserted_ids = match self {
-            Store::Postgres(pool) => insert_postgres(pool, batch).await?,
-            Store::Sqlite { writer, .. } => insert_sqlite(writer, batch).await?,
-        };
-        let mut outcome = Vec::with_capacity(batch.len());
-        for (new, id) in batch.iter().zip(inserted_ids) {
-            let stored = match id {
-                Some(id) => Stored {
-                    message: Message {
-                        id,
-                        from_id: new.from_id,
-                        to_id: new.to_id,
-                        content: new.content.clone(),
-                        timestamp: new.timestamp,
-                        delivered_at: None,
-                        seen_at: None,
-                        client_id: new.client_id.clone(),
-                    },
-                    created: true,
-                },
-                None => {
-                    let client_id = new.client_id.as_deref().unwrap_or_default();
-                    let message = self
-                        .message_by_client_id(new.from_id, client_id)
-                        .await?
-                        .ok_or(super::StoreError::NotFound)?;
-                    Stored {
-                        message,
-                        created: false,
-                    }
-                }
-            };
-            outcome.push(stored);
+        match self {
+            Store::Postgres(pool) => insert_postgres(pool, batch).await,
+            Store::Sqlite { writer, .. } => insert_sqlite(writer, batch).await,
         }
-        Ok(outcome)
     }
 
     pub async fn message_by_client_id(
@@ -164,47 +143,78 @@ impl Store {
         Ok(receipts)
     }
 
-    /// `reader` marks one message sent to them as seen; answers the row if it changed.
+    /// `reader` marks one message sent to them as seen; answers the row if it changed. A message seen
+    /// is delivered too: `delivered_at` is set in the same transaction if it was empty.
     pub async fn mark_seen(
         &self,
         reader: UserId,
         id: MessageId,
         at: OffsetDateTime,
-    ) -> StoreResult<Option<Receipt>> {
-        let sql = "UPDATE messages SET seen_at = $3 \
-                   WHERE id = $1 AND to_id = $2 AND seen_at IS NULL RETURNING id, from_id, to_id";
-        let receipt = on_pool!(self, write, |pool| {
-            sqlx::query_as::<_, Receipt>(sql)
-                .bind(id)
-                .bind(reader)
-                .bind(at)
-                .fetch_optional(pool)
-                .await?
-        });
-        Ok(receipt)
+    ) -> StoreResult<Option<SeenReceipt>> {
+        let receipts = self
+            .mark_seen_where("id = $1", reader, id, None, at)
+            .await?;
+        Ok(receipts.into_iter().next())
     }
 
-    /// `reader` marks every message from `peer` up to `up_to` as seen; answers the rows that changed.
+    /// `reader` marks every message from `peer` up to `up_to` as seen; answers the rows that changed,
+    /// each delivered too if it was not.
     pub async fn mark_seen_up_to(
         &self,
         reader: UserId,
         peer: UserId,
         up_to: MessageId,
         at: OffsetDateTime,
-    ) -> StoreResult<Vec<Receipt>> {
-        let sql = "UPDATE messages SET seen_at = $4 \
-                   WHERE to_id = $1 AND from_id = $2 AND id <= $3 AND seen_at IS NULL \
-                   RETURNING id, from_id, to_id";
-        let receipts = on_pool!(self, write, |pool| {
-            sqlx::query_as::<_, Receipt>(sql)
+    ) -> StoreResult<Vec<SeenReceipt>> {
+        self.mark_seen_where("id <= $1", reader, up_to, Some(peer), at)
+            .await
+    }
+
+    /// Delivers, then marks seen, the unseen messages to `reader` that `ids` selects (from `peer`
+    /// only, when given). Both updates share one transaction, so no receipt batcher delivers a row in
+    /// between and the sender hears `message_delivered` once, before `message_seen`.
+    async fn mark_seen_where(
+        &self,
+        ids: &str,
+        reader: UserId,
+        id: MessageId,
+        peer: Option<UserId>,
+        at: OffsetDateTime,
+    ) -> StoreResult<Vec<SeenReceipt>> {
+        let unseen =
+            format!("{ids} AND to_id = $2 AND ($3 IS NULL OR from_id = $3) AND seen_at IS NULL");
+        let deliver = format!(
+            "UPDATE messages SET delivered_at = $4 WHERE {unseen} AND delivered_at IS NULL RETURNING id"
+        );
+        let see =
+            format!("UPDATE messages SET seen_at = $4 WHERE {unseen} RETURNING id, from_id, to_id");
+        let (delivered, seen) = on_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            let delivered: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(deliver.as_str()))
+                .bind(id)
                 .bind(reader)
                 .bind(peer)
-                .bind(up_to)
                 .bind(at)
-                .fetch_all(pool)
-                .await?
+                .fetch_all(&mut *tx)
+                .await?;
+            let seen: Vec<Receipt> = sqlx::query_as(AssertSqlSafe(see.as_str()))
+                .bind(id)
+                .bind(reader)
+                .bind(peer)
+                .bind(at)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            (delivered, seen)
         });
-        Ok(receipts)
+        let delivered: std::collections::HashSet<i64> = delivered.into_iter().collect();
+        Ok(seen
+            .into_iter()
+            .map(|receipt| SeenReceipt {
+                delivered_now: delivered.contains(&receipt.id),
+                receipt,
+            })
+            .collect())
     }
 
     /// The conversation between `a` and `b`, newest first, strictly before `before` when given.

@@ -2,6 +2,7 @@
 //! rest of the program never names a dialect. SQL is written once where the dialects agree; where they
 //! differ, both versions sit next to each other.
 
+mod known_users;
 mod messages;
 pub mod tokens;
 mod users;
@@ -15,7 +16,8 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-pub use messages::{ConversationSummary, HistoryPage};
+pub use known_users::KnownUsers;
+pub use messages::{ConversationSummary, HistoryPage, SeenReceipt};
 pub use tokens::{RefreshTokenRecord, Rotation};
 pub use users::Identity;
 
@@ -41,6 +43,8 @@ pub enum StoreError {
     Conflict(String),
     #[error("the database is unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    #[error("the database did not answer in time")]
+    TimedOut,
     #[error("database error: {0}")]
     Other(#[source] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -56,10 +60,40 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
+            sqlx::Error::Database(ref db) if is_transient(db.as_ref()) => {
+                StoreError::Unavailable(error)
+            }
             sqlx::Error::Database(ref db) if db.is_unique_violation() => {
                 StoreError::Conflict(db.message().to_owned())
             }
             other => StoreError::Other(other),
+        }
+    }
+}
+
+impl StoreError {
+    /// The database could not answer (down, locked, timed out): trying the same work again later may
+    /// succeed, and splitting it up will not.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::TimedOut)
+    }
+}
+
+/// Errors that say nothing about the statement, only about the database's state right now.
+fn is_transient(error: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = error.code() else {
+        return false;
+    };
+    match code.parse::<i32>() {
+        // SQLite result codes; the low byte is the primary code: BUSY, LOCKED, IOERR, FULL, CANTOPEN.
+        Ok(code) => matches!(code & 0xff, 5 | 6 | 10 | 13 | 14),
+        // PostgreSQL SQLSTATE: connection exceptions, insufficient resources, operator intervention
+        // (57014 is a statement_timeout), lock_not_available, serialization failure, deadlock.
+        Err(_) => {
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57")
+                || matches!(code.as_ref(), "55P03" | "40001" | "40P01")
         }
     }
 }
@@ -100,10 +134,15 @@ pub struct MigrationState {
 }
 
 impl Store {
-    /// Opens the database named by `url`; a SQLite file is created if missing.
-    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+    /// Opens the database named by `url`; a SQLite file is created if missing. `write_timeout` bounds
+    /// how long SQLite's one writer waits for a lock held by another process.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        write_timeout: Duration,
+    ) -> StoreResult<Self> {
         if url.starts_with("sqlite:") {
-            Self::connect_sqlite(url, max_connections).await
+            Self::connect_sqlite(url, max_connections, write_timeout).await
         } else {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
@@ -114,13 +153,17 @@ impl Store {
         }
     }
 
-    async fn connect_sqlite(url: &str, max_connections: u32) -> StoreResult<Self> {
+    async fn connect_sqlite(
+        url: &str,
+        max_connections: u32,
+        write_timeout: Duration,
+    ) -> StoreResult<Self> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a commit acknowledged to a sender survives a power cut, not only a crash.
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5))
+            .busy_timeout(write_timeout)
             .foreign_keys(true);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -133,6 +176,28 @@ impl Store {
             .connect_with(options.read_only(true))
             .await?;
         Ok(Store::Sqlite { writer, reader })
+    }
+
+    /// A store whose writes go through one connection of its own, for a task that writes in batches
+    /// (the message writer, the receipt batcher): it never waits behind request handlers for a pooled
+    /// connection, and each of its statements is cancelled by the database after `statement_timeout`.
+    /// SQLite already writes through one connection, so there the lane is the store itself.
+    pub async fn lane(&self, statement_timeout: Duration) -> StoreResult<Self> {
+        match self {
+            Store::Postgres(pool) => {
+                let millis = statement_timeout.as_millis().to_string();
+                let options = (*pool.connect_options())
+                    .clone()
+                    .options([("statement_timeout", millis.as_str())]);
+                let lane = PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(statement_timeout)
+                    .connect_with(options)
+                    .await?;
+                Ok(Store::Postgres(lane))
+            }
+            Store::Sqlite { .. } => Ok(self.clone()),
+        }
     }
 
     fn migrator(&self) -> &'static Migrator {

@@ -104,6 +104,32 @@ impl Store {
         Ok(())
     }
 
+    /// Stores one `last_seen_at` for many users at once (shutdown).
+    pub async fn set_last_seen_many(&self, ids: &[UserId], at: OffsetDateTime) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Store::Postgres(pool) => {
+                sqlx::query("UPDATE users SET last_seen_at = $2 WHERE id = ANY($1)")
+                    .bind(ids)
+                    .bind(at)
+                    .execute(pool)
+                    .await?;
+            }
+            Store::Sqlite { writer, .. } => {
+                sqlx::query(
+                    "UPDATE users SET last_seen_at = $2 WHERE id IN (SELECT value FROM json_each($1))",
+                )
+                .bind(json_array(ids))
+                .bind(at)
+                .execute(writer)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Everyone `user` has exchanged a message with: the people told when `user` comes and goes.
     pub async fn conversation_peers(&self, user: UserId) -> StoreResult<Vec<UserId>> {
         let sql = "SELECT to_id FROM messages WHERE from_id = $1 \

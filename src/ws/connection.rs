@@ -1,20 +1,26 @@
-//! One WebSocket: registered with the hub, then the backlog, then live events and client frames until
+//! One WebSocket: registered with the hub, then its backlog and live events, and client frames, until
 //! it closes. A socket holds no database connection: it talks to the store through the chat service.
+//!
+//! The socket never stops reading because of the database: a message or receipt it was sent is
+//! handed on as a future of its own (up to `MAX_IN_FLIGHT` of them, answered in the order they were
+//! sent), and the backlog is read page by page alongside. Pings, typing and pongs are answered at
+//! once, whatever the database does.
 
 use std::{
     collections::HashSet,
+    pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use futures_util::{
     SinkExt, StreamExt,
-    stream::{SplitSink, SplitStream},
+    stream::{FuturesOrdered, SplitSink, SplitStream},
 };
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{
     Error as WsError, Message as WsMessage,
-    error::CapacityError,
+    error::{CapacityError, ProtocolError},
     protocol::{CloseFrame, frame::coding::CloseCode as WireCloseCode},
 };
 
@@ -25,7 +31,7 @@ use super::{
 use crate::{
     app::App,
     chat::{ChatError, ServerEvent},
-    domain::{MessageId, UserId},
+    domain::{Message, MessageId, UserId},
     hub::{CloseCode, ConnectionHandle, Outbound},
 };
 
@@ -34,8 +40,16 @@ const SILENT_INTERVALS: u32 = 3;
 /// How long a closing client gets to take its close frame before it is dropped outright.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKLOG_PAGE: u32 = 200;
+/// Messages and receipts of one socket waiting for the database at once; beyond this the socket
+/// stops reading until one is answered (backpressure, not buffering).
+const MAX_IN_FLIGHT: usize = 16;
+/// Pauses before the second and third try of a backlog read that failed.
+const BACKLOG_RETRIES: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(1)];
 
 type Sink = SplitSink<WebSocket, WsMessage>;
+/// The answer to one client frame, once the database has spoken: a frame to write, or nothing.
+type Pending = Pin<Box<dyn Future<Output = Option<Arc<str>>> + Send>>;
+type BacklogPage = Pin<Box<dyn Future<Output = Result<Vec<Message>, ChatError>> + Send>>;
 
 /// Why the socket's loop ended.
 enum Ending {
@@ -50,7 +64,7 @@ pub async fn run(app: Arc<App>, user: UserId, socket: WebSocket) {
     let control = Arc::clone(&handle.control);
     let connection = handle.id;
     let (mut sink, mut stream) = socket.split();
-    if app.chat.connect(handle).await.is_err() {
+    let Ok(registration) = app.chat.connect(handle) else {
         let _ = close(
             &mut sink,
             CloseCode::PolicyViolation,
@@ -58,7 +72,7 @@ pub async fn run(app: Arc<App>, user: UserId, socket: WebSocket) {
         )
         .await;
         return;
-    }
+    };
     // Shutdown cancels first and closes the registered sockets second: a socket registered after
     // that pass sees the cancellation here and closes with 1001 like the rest.
     if app.shutdown.is_cancelled() {
@@ -66,11 +80,12 @@ pub async fn run(app: Arc<App>, user: UserId, socket: WebSocket) {
     }
     tracing::debug!(user, connection, "socket opened");
     let mut socket = Socket {
-        app: &app,
+        app: Arc::clone(&app),
         user,
         connection,
         sink,
         backlog_sent: HashSet::new(),
+        in_flight: FuturesOrdered::new(),
     };
     // A close request (queue overflow, shutdown) ends the socket even while a write to a client that
     // stopped reading is pending: the whole loop races the request, not each await inside it.
@@ -80,18 +95,14 @@ pub async fn run(app: Arc<App>, user: UserId, socket: WebSocket) {
     };
     match ending {
         Ending::Close(code) => {
-            let reason = match code {
-                CloseCode::GoingAway => "server shutting down",
-                CloseCode::Overflow => "too slow: reconnect to get what you missed",
-                CloseCode::TooBig => "frame too large",
-                CloseCode::PolicyViolation => "policy violation",
-            };
-            let _ = close(&mut socket.sink, code, reason).await;
+            // What the client already sent is answered before the close frame (SPEC §5 "Faults").
+            socket.answer_in_flight().await;
+            let _ = close(&mut socket.sink, code, code.reason()).await;
         }
         Ending::ClientLeft | Ending::WriteFailed => {}
         Ending::Silent => tracing::debug!(user, connection, "dropping a silent socket"),
     }
-    app.chat.disconnect(user, connection).await;
+    drop(registration);
     tracing::debug!(user, connection, "socket closed");
 }
 
@@ -106,16 +117,26 @@ async fn close(sink: &mut Sink, code: CloseCode, reason: &'static str) -> Result
     }
 }
 
-struct Socket<'a> {
-    app: &'a App,
+/// Awaits `page` if there is one; never finishes otherwise (a disabled `select!` branch).
+async fn next_page(page: &mut Option<BacklogPage>) -> Result<Vec<Message>, ChatError> {
+    match page {
+        Some(page) => page.await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Socket {
+    app: Arc<App>,
     user: UserId,
     connection: u64,
     sink: Sink,
     /// Ids sent from the backlog: the same message may also be queued live, and goes out once.
     backlog_sent: HashSet<MessageId>,
+    /// Client frames waiting for the database, answered in the order they came.
+    in_flight: FuturesOrdered<Pending>,
 }
 
-impl Socket<'_> {
+impl Socket {
     async fn serve(
         &mut self,
         stream: &mut SplitStream<WebSocket>,
@@ -127,30 +148,52 @@ impl Socket<'_> {
         }
         // Registered first, backlog second: whatever commits in between is queued live, and the
         // queue is only read once the backlog is out (DESIGN §4).
-        if self.send_backlog().await.is_err() {
-            return Ending::WriteFailed;
-        }
+        let mut backlog = Some(self.backlog_page(0));
         let every = self.app.config.limits.ping_interval.0;
         let silence_limit = every * SILENT_INTERVALS;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut last_heard = Instant::now();
         loop {
             tokio::select! {
-                biased;
-                incoming = stream.next() => {
+                Some(answer) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    if let Some(frame) = answer
+                        && self.write(&frame).await.is_err()
+                    {
+                        return Ending::WriteFailed;
+                    }
+                }
+                incoming = stream.next(), if self.in_flight.len() < MAX_IN_FLIGHT => {
                     last_heard = Instant::now();
                     match incoming {
-                        Some(Ok(WsMessage::Close(_))) => return Ending::ClientLeft,
+                        Some(Ok(WsMessage::Close(_))) | None => return Ending::ClientLeft,
                         Some(Ok(frame)) => {
                             if let Some(code) = self.on_frame(frame).await {
                                 return Ending::Close(code);
                             }
                         }
                         Some(Err(error)) => return self.on_read_error(&error),
-                        None => return Ending::ClientLeft,
                     }
                 }
-                outbound = queue.recv() => {
+                page = next_page(&mut backlog) => {
+                    let page = match page {
+                        Ok(page) => page,
+                        Err(error) => {
+                            // Never left open without its backlog: the client reconnects and tries again.
+                            tracing::warn!(%error, user = self.user, "reading the backlog failed; closing the socket");
+                            return Ending::Close(CloseCode::InternalError);
+                        }
+                    };
+                    backlog = None;
+                    if self.send_backlog(&page).await.is_err() {
+                        return Ending::WriteFailed;
+                    }
+                    if let Some(last) = page.last()
+                        && page.len() == BACKLOG_PAGE as usize
+                    {
+                        backlog = Some(self.backlog_page(last.id));
+                    }
+                }
+                outbound = queue.recv(), if backlog.is_none() => {
                     let Some(outbound) = outbound else { return Ending::Close(CloseCode::GoingAway) };
                     if self.forward(outbound).await.is_err() {
                         return Ending::WriteFailed;
@@ -172,28 +215,50 @@ impl Socket<'_> {
         self.sink.send(WsMessage::text(frame)).await.map_err(|_| ())
     }
 
-    async fn send_backlog(&mut self) -> Result<(), ()> {
-        let mut after = 0;
-        loop {
-            let page = match self.app.chat.backlog(self.user, after, BACKLOG_PAGE).await {
-                Ok(page) => page,
-                Err(error) => {
-                    // The messages stay undelivered; the next connection tries again.
-                    tracing::warn!(%error, user = self.user, "reading the backlog failed");
-                    return Ok(());
+    /// Writes the answers still owed, for as long as the database and the client allow.
+    async fn answer_in_flight(&mut self) {
+        let limit = self.app.config.database.write_timeout.0 + CLOSE_TIMEOUT;
+        let answers = async {
+            while let Some(answer) = self.in_flight.next().await {
+                if let Some(frame) = answer {
+                    let written = tokio::time::timeout(CLOSE_TIMEOUT, self.write(&frame)).await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        return;
+                    }
                 }
-            };
-            for message in &page {
-                let frame = ServerEvent::NewMessage { message }.to_frame();
-                self.write(&frame).await?;
-                self.backlog_sent.insert(message.id);
-                self.app.chat.delivered(message.id).await;
             }
-            match page.last() {
-                Some(last) if page.len() == BACKLOG_PAGE as usize => after = last.id,
-                _ => return Ok(()),
+        };
+        let _ = tokio::time::timeout(limit, answers).await;
+    }
+
+    /// One page of undelivered messages after `after`, tried up to three times.
+    fn backlog_page(&self, after: MessageId) -> BacklogPage {
+        let (app, user) = (Arc::clone(&self.app), self.user);
+        Box::pin(async move {
+            let mut pauses = BACKLOG_RETRIES.iter();
+            loop {
+                match app.chat.backlog(user, after, BACKLOG_PAGE).await {
+                    Ok(page) => return Ok(page),
+                    Err(error) => match pauses.next() {
+                        Some(pause) => {
+                            tracing::debug!(%error, user, "reading the backlog failed; trying again");
+                            tokio::time::sleep(*pause).await;
+                        }
+                        None => return Err(error),
+                    },
+                }
             }
+        })
+    }
+
+    async fn send_backlog(&mut self, page: &[Message]) -> Result<(), ()> {
+        for message in page {
+            let frame = ServerEvent::NewMessage { message }.to_frame();
+            self.write(&frame).await?;
+            self.backlog_sent.insert(message.id);
+            self.app.chat.delivered(message.id);
         }
+        Ok(())
     }
 
     async fn forward(&mut self, outbound: Outbound) -> Result<(), ()> {
@@ -204,17 +269,24 @@ impl Socket<'_> {
         }
         self.write(&outbound.frame).await?;
         if let Some(id) = outbound.delivers {
-            self.app.chat.delivered(id).await;
+            self.app.chat.delivered(id);
         }
         Ok(())
     }
 
     fn on_read_error(&self, error: &WsError) -> Ending {
-        if let WsError::Capacity(CapacityError::MessageTooLong { .. }) = error {
-            return Ending::Close(CloseCode::TooBig);
-        }
         tracing::debug!(user = self.user, %error, "socket read failed");
-        Ending::ClientLeft
+        match error {
+            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+                Ending::Close(CloseCode::TooBig)
+            }
+            WsError::Utf8(_) => Ending::Close(CloseCode::InvalidPayload),
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Ending::ClientLeft,
+            WsError::Protocol(_) | WsError::Capacity(_) | WsError::AttackAttempt => {
+                Ending::Close(CloseCode::ProtocolError)
+            }
+            _ => Ending::ClientLeft,
+        }
     }
 
     /// Handles one client frame; answers a close code when the connection must end.
@@ -242,49 +314,44 @@ impl Socket<'_> {
     }
 
     async fn on_event(&mut self, event: ClientEvent) {
-        let chat = &self.app.chat;
         match event {
             ClientEvent::Ping => {
                 let _ = self.write(&ServerEvent::Pong.to_frame()).await;
             }
             ClientEvent::Typing { to } => {
-                if let Err(error) = chat.typing(self.user, to) {
-                    self.refuse_chat(&error, None).await;
+                if let Err(error) = self.app.chat.typing(self.user, to) {
+                    let _ = self.write(&error_frame(&error, None)).await;
                 }
             }
             ClientEvent::MessageSeen { message_id } => {
-                if let Err(error) = chat
-                    .mark_seen(self.user, message_id, Some(self.connection))
-                    .await
-                {
-                    self.refuse_chat(&error, None).await;
-                }
+                let (app, user, connection) = (Arc::clone(&self.app), self.user, self.connection);
+                self.in_flight.push_back(Box::pin(async move {
+                    let seen = app.chat.mark_seen(user, message_id, Some(connection));
+                    seen.await.err().map(|error| error_frame(&error, None))
+                }));
             }
             ClientEvent::Message {
                 to,
                 message,
                 client_id,
-            } => match chat.send(self.user, to, &message, client_id.clone()).await {
-                // A new message reaches every connection of the sender through the hub.
-                Ok(stored) if stored.created => {}
-                Ok(stored) => {
-                    let message = &stored.message;
-                    let _ = self
-                        .write(&ServerEvent::MessageSent { message }.to_frame())
+            } => {
+                let (app, user, connection) = (Arc::clone(&self.app), self.user, self.connection);
+                self.in_flight.push_back(Box::pin(async move {
+                    let sent = app
+                        .chat
+                        .send(user, to, &message, client_id.clone(), Some(connection))
                         .await;
-                }
-                Err(error) => self.refuse_chat(&error, client_id.as_deref()).await,
-            },
+                    Some(match sent {
+                        // The sender's other sockets hear of it through the hub; this one from here.
+                        Ok(stored) => ServerEvent::MessageSent {
+                            message: &stored.message,
+                        }
+                        .to_frame(),
+                        Err(error) => error_frame(&error, client_id.as_deref()),
+                    })
+                }));
+            }
         }
-    }
-
-    async fn refuse_chat(&mut self, error: &ChatError, client_id: Option<&str>) {
-        self.refuse(FrameError {
-            code: error.code(),
-            detail: error.to_string(),
-            client_id: client_id.map(str::to_owned),
-        })
-        .await;
     }
 
     async fn refuse(&mut self, error: FrameError) {
@@ -297,4 +364,14 @@ impl Socket<'_> {
         .to_frame();
         let _ = self.write(&frame).await;
     }
+}
+
+fn error_frame(error: &ChatError, client_id: Option<&str>) -> Arc<str> {
+    ServerEvent::Error {
+        code: error.code(),
+        detail: &error.to_string(),
+        client_id,
+        retry_after_ms: None,
+    }
+    .to_frame()
 }

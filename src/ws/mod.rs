@@ -53,10 +53,10 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         .and(bearer())
         .and(extract::query())
         .and(warp::any().map(move || Arc::clone(&app)))
-        .map(upgrade)
+        .then(upgrade)
 }
 
-fn upgrade(
+async fn upgrade(
     path_user: Option<String>,
     headers: HeaderMap,
     on_upgrade: Option<OnUpgrade>,
@@ -64,15 +64,15 @@ fn upgrade(
     query: HashMap<String, String>,
     app: Arc<App>,
 ) -> Response {
-    let accepted = handshake(&headers, on_upgrade).and_then(|(accept, on_upgrade)| {
-        let token = header_token
-            .as_deref()
-            .or(query.get("access_token").map(String::as_str));
-        let user = check(&app, path_user, token, &headers)?;
-        Ok((accept, on_upgrade, user))
-    });
-    let (accept, on_upgrade, user) = match accepted {
-        Ok(accepted) => accepted,
+    let (accept, on_upgrade) = match handshake(&headers, on_upgrade) {
+        Ok(handshake) => handshake,
+        Err(error) => return error.into_response(),
+    };
+    let token = header_token
+        .as_deref()
+        .or(query.get("access_token").map(String::as_str));
+    let user = match check(&app, path_user, token, &headers).await {
+        Ok(user) => user,
         Err(error) => return error.into_response(),
     };
     let max = app.config.limits.max_frame_bytes + WIRE_SLACK;
@@ -144,13 +144,13 @@ fn handshake(
 
 /// The checks made before the upgrade: a valid token, the path's user is the token's, an allowed
 /// origin, and room for one more connection.
-fn check(
+async fn check(
     app: &App,
     path_user: Option<String>,
     token: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<i64, ApiError> {
-    let user = app.auth.authenticate(token)?;
+    let user = app.auth.authenticate(token).await?;
     if let Some(path_user) = path_user
         && path_user.parse::<i64>().ok() != Some(user)
     {

@@ -76,6 +76,16 @@ fn bad_configuration_exits_78_naming_the_key() {
             "auth.session_secret",
         ),
         ("[database]\nurl = \"mysql://x\"\n", "database.url"),
+        // A zero interval used to pass and make every socket task panic.
+        ("[limits]\nping_interval = \"0s\"\n", "limits.ping_interval"),
+        (
+            "[database]\nwrite_timeout = \"0s\"\n",
+            "database.write_timeout",
+        ),
+        (
+            "[auth]\nrefresh_token_ttl = \"99999999d\"\n",
+            "auth.refresh_token_ttl",
+        ),
         ("not toml at all [", "not valid TOML"),
     ];
     for (n, (file, named)) in cases.iter().enumerate() {

@@ -1,6 +1,6 @@
 //! The REST routes of SPEC §4 over HTTP.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use serde_json::json;
 
@@ -90,11 +90,32 @@ on_both_backends! {
             .post(&format!("/conversations/{}/seen", alice.id), Some(&bob.access_token), &json!({"up_to": ids[1]}))
             .await;
         assert_eq!((status, body), (200, json!({"marked": 2})));
+        // Seen before any socket of bob's got them: seen means delivered too, and alice hears of the
+        // delivery first.
+        let mut delivered = HashSet::new();
         let mut seen = HashSet::new();
-        for _ in 0..2 {
-            seen.insert(alice_ws.expect("message_seen").await["message_id"].as_i64().unwrap());
+        while seen.len() < 2 {
+            let event = alice_ws.until_any(&["message_delivered", "message_seen"]).await;
+            let id = event["message_id"].as_i64().unwrap();
+            if event["event"] == "message_delivered" {
+                delivered.insert(id);
+            } else {
+                assert!(delivered.contains(&id), "message_delivered comes before message_seen");
+                seen.insert(id);
+            }
         }
         assert_eq!(seen, HashSet::from([ids[0], ids[1]]));
+        alice_ws.expect_silence(Duration::from_millis(200)).await;
+        // Only the message bob has not seen is pushed when he connects.
+        let mut bob_ws = app.connect(&bob).await;
+        assert_eq!(bob_ws.expect("new_message").await["message"]["id"], ids[2]);
+        bob_ws.expect_silence(Duration::from_millis(300)).await;
+        let (_, history) = app
+            .get(&format!("/conversations/{}/messages", alice.id), Some(&bob.access_token))
+            .await;
+        for message in history["messages"].as_array().unwrap() {
+            assert!(message["delivered_at"].is_string(), "{message}");
+        }
         // Marking again changes nothing; alice cannot mark her own messages.
         let (_, body) = app
             .post(&format!("/conversations/{}/seen", alice.id), Some(&bob.access_token), &json!({"up_to": ids[1]}))
