@@ -87,8 +87,8 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
             return Err(StartError::PendingMigrations(pending));
         }
     }
+    let auth = Auth::new(&config, store.clone())?;
     let users = Arc::new(KnownUsers::new(store.clone()));
-    let auth = Auth::new(&config, store.clone(), Arc::clone(&users))?;
     let shutdown = CancellationToken::new();
     let background = TaskTracker::new();
     let hub = Arc::new(Hub::new(config.limits.max_connections_per_user));

@@ -1,15 +1,163 @@
 //! Logging: text on stderr or JSON lines, filtered by `log.level`.
+//!
+//! `log.level` (`LOG_LEVEL`) is teachlyd's own level: a plain level such as `debug` applies to
+//! teachlyd, while every other crate stays at `warn`. A filter expression (`teachlyd=debug,sqlx=info`)
+//! is taken as written. Either way, the crates that write payloads into their debug and trace lines
+//! stay at `warn`: html5ever (through ammonia) logs the characters of every message it parses,
+//! tungstenite whole frames, hyper and warp request lines (with `?access_token=`) and headers. No
+//! level may put message text or a token into a log.
 
-use tracing_subscriber::{EnvFilter, fmt};
+use std::io::IsTerminal;
+
+use tracing::{Level, Metadata};
+use tracing_subscriber::{
+    EnvFilter, Layer, filter::FilterFn, fmt, layer::SubscriberExt, registry::LookupSpan,
+    util::SubscriberInitExt,
+};
 
 use crate::config::{LogConfig, LogFormat};
 
+/// Crates that log what they parse, send or receive.
+const PAYLOAD_LOGGERS: [&str; 11] = [
+    "html5ever",
+    "markup5ever",
+    "ammonia",
+    "tungstenite",
+    "tokio_tungstenite",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "warp",
+    "reqwest",
+    "rustls",
+];
+
 /// Installs the global subscriber once; later calls (tests) change nothing.
 pub fn init(config: &LogConfig) {
-    let filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match config.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text | LogFormat::Auto => builder.try_init(),
+    // Colour codes only for a person at a terminal, never in a file, a pipe or the journal.
+    let lines = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let lines = match config.format {
+        LogFormat::Json => lines.json().boxed(),
+        LogFormat::Text | LogFormat::Auto => lines.boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(levels(&config.level))
+        .with(lines)
+        .try_init();
+}
+
+/// The global filter: what `level` lets through, payload loggers capped at `warn`. (A global filter,
+/// not a per-layer one: per-layer filters combined with `and` dropped the event after a disabled one.)
+pub fn levels<S>(level: &str) -> impl Layer<S> + use<S>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    own_level(level).and_then(payload_loggers_quiet())
+}
+
+fn own_level(level: &str) -> EnvFilter {
+    let is_expression = level.contains('=') || level.contains(',');
+    let directives = match level.trim().parse::<tracing::level_filters::LevelFilter>() {
+        Ok(plain) if !is_expression && plain > tracing::level_filters::LevelFilter::WARN => {
+            format!("warn,teachlyd={plain}")
+        }
+        _ => level.to_owned(),
+    };
+    // The level was validated with the config; a filter that still fails to parse logs at info.
+    EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("warn,teachlyd=info"))
+}
+
+fn payload_loggers_quiet() -> FilterFn<fn(&Metadata<'_>) -> bool> {
+    FilterFn::new(|metadata| *metadata.level() <= Level::WARN || !logs_payloads(metadata.target()))
+}
+
+fn logs_payloads(target: &str) -> bool {
+    PAYLOAD_LOGGERS.iter().any(|name| {
+        target
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::Registry;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(level: &str) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let lines = fmt::layer().with_writer(move || writer.clone());
+        let subscriber = tracing_subscriber::registry()
+            .with(levels::<Registry>(level))
+            .with(lines);
+        tracing::subscriber::with_default(subscriber, || {
+            // A disabled event must not take the next one with it.
+            tracing::debug!(target: "sqlx::postgres::notice", "disabled");
+            tracing::warn!(target: "teachlyd::auth", "right after a disabled one");
+            tracing::trace!(target: "teachlyd::chat", "own trace line");
+            tracing::debug!(target: "sqlx::query", "a statement");
+            tracing::trace!(target: "tungstenite::protocol", "frame payload: hello bob");
+            tracing::debug!(target: "html5ever::tokenizer", "processing in state Data: 'secret'");
+            tracing::debug!(target: "hyper::proto::h1", "GET /ws?access_token=abc");
+            tracing::warn!(target: "hyper::proto::h1", "a warning from hyper");
+        });
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_plain_level_is_teachlyds_own() {
+        let log = logged("trace");
+        assert!(log.contains("own trace line"), "{log}");
+        assert!(log.contains("right after a disabled one"), "{log}");
+        assert!(logged("info").contains("right after a disabled one"));
+        assert!(
+            !log.contains("a statement"),
+            "other crates stay at warn: {log}"
+        );
+        assert!(log.contains("a warning from hyper"), "{log}");
+        assert!(!logged("info").contains("own trace line"));
+    }
+
+    #[test]
+    fn payload_loggers_stay_quiet_whatever_the_filter_says() {
+        for level in [
+            "trace",
+            "trace,tungstenite=trace,html5ever=trace,hyper=trace",
+            "tungstenite::protocol=trace,html5ever::tokenizer=trace,hyper::proto=trace",
+        ] {
+            let log = logged(level);
+            for payload in ["hello bob", "secret", "access_token"] {
+                assert!(!log.contains(payload), "{level}: {log}");
+            }
+        }
+        assert!(logged("teachlyd=info,sqlx=debug").contains("a statement"));
+    }
+
+    #[test]
+    fn payload_loggers_are_matched_by_crate() {
+        assert!(logs_payloads("tungstenite"));
+        assert!(logs_payloads("tokio_tungstenite::compat"));
+        assert!(logs_payloads("html5ever::tree_builder"));
+        assert!(!logs_payloads("hyperlink"));
+        assert!(!logs_payloads("teachlyd::ws"));
+    }
 }

@@ -10,7 +10,7 @@ use sqlx::types::time::OffsetDateTime;
 use crate::{
     config::Config,
     domain::{User, UserId, now},
-    store::{Identity, KnownUsers, Rotation, Store, StoreError, tokens::NewRefreshToken},
+    store::{Identity, Rotation, Store, StoreError, tokens::NewRefreshToken},
 };
 use google::{GoogleAuthError, GoogleVerifier, GoogleVerifierConfig};
 use session::{
@@ -81,7 +81,6 @@ impl From<GoogleAuthError> for AuthError {
 
 pub struct Auth {
     store: Store,
-    users: Arc<KnownUsers>,
     keys: SessionKeys,
     google: Option<GoogleVerifier>,
     dev_login: bool,
@@ -90,11 +89,7 @@ pub struct Auth {
 pub type SharedAuth = Arc<Auth>;
 
 impl Auth {
-    pub fn new(
-        config: &Config,
-        store: Store,
-        users: Arc<KnownUsers>,
-    ) -> Result<Self, crate::config::ConfigError> {
+    pub fn new(config: &Config, store: Store) -> Result<Self, crate::config::ConfigError> {
         let modes = config.login_modes()?;
         let secret = match &config.auth.session_secret {
             Some(secret) => secret.expose().as_bytes().to_vec(),
@@ -123,7 +118,6 @@ impl Auth {
         });
         Ok(Self {
             store,
-            users,
             keys: SessionKeys::new(
                 &secret,
                 config.auth.access_token_ttl.0,
@@ -139,11 +133,13 @@ impl Auth {
     }
 
     /// The user id of a valid access token whose user still exists: a token outlives a deleted user
-    /// (or a database restored under the same secret), and must not let them write.
+    /// (or a database restored under the same secret), and must not let them in. Asked of the
+    /// database every time (one primary-key read): a socket authenticates once, so this is off the
+    /// message path.
     pub async fn authenticate(&self, token: Option<&str>) -> Result<UserId, AuthError> {
         let token = token.ok_or(AuthError::MissingToken)?;
         let user = self.keys.verify_access(token)?;
-        if !self.users.exists(user).await? {
+        if !self.store.user_exists(user).await? {
             return Err(AuthError::UnknownUser);
         }
         Ok(user)

@@ -182,8 +182,12 @@ impl Chat {
         if to == from {
             return Err(ChatError::InvalidRecipient);
         }
-        let attempt = self.bounded(self.store_new(from, to, text, client_id.clone(), origin));
-        match attempt.await {
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        let attempt = tokio::time::timeout_at(
+            deadline,
+            self.store_new(from, to, text, client_id.clone(), origin, deadline),
+        );
+        match attempt.await.unwrap_or(Err(ChatError::TimedOut)) {
             // A retry of a message stored earlier is answered with it, even if a rule would refuse
             // the same text now (the repeat rule counts it, a reloaded rule may differ).
             Err(ChatError::Content(rejection)) => match client_id {
@@ -201,6 +205,7 @@ impl Chat {
         text: &str,
         client_id: Option<String>,
         origin: Option<ConnectionId>,
+        deadline: tokio::time::Instant,
     ) -> Result<Stored, ChatError> {
         let content = self.checker.check(text)?;
         if !self.users.exists(to).await? {
@@ -215,7 +220,7 @@ impl Chat {
             client_id,
             timestamp: now(),
         };
-        match self.writer.write(message, origin).await {
+        match self.writer.write(message, origin, deadline).await {
             Ok(stored) => Ok(stored),
             // A row of its own failed: most likely a user deleted behind the cache's back.
             Err(WriteError::Refused) => {

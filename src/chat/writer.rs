@@ -9,7 +9,10 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{batch::next_batch_until, events::ServerEvent};
@@ -24,9 +27,9 @@ pub const MAX_BATCH: usize = 512;
 /// Senders waiting for room beyond this wait (their `message_sent` comes later) instead of the
 /// process buffering without end.
 const QUEUE: usize = 4096;
-/// How much longer than the database's own statement timeout the writer waits before it gives up on
-/// a statement itself (a database that cannot even say it timed out).
-const TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
+/// The writer gives up on a message this long before its sender does, so that a commit it did finish
+/// reaches the sender in time, and a sender that heard `unavailable` can rely on nothing stored.
+const ANSWER_MARGIN: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
@@ -44,7 +47,15 @@ struct WriteRequest {
     message: NewMessage,
     /// The socket that sent it: it hears `message_sent` from its own answer, not from the hub.
     origin: Option<ConnectionId>,
+    /// When the sender stops waiting.
+    deadline: Instant,
     reply: oneshot::Sender<Result<Stored, WriteError>>,
+}
+
+impl WriteRequest {
+    fn waiting(&self, now: Instant, margin: Duration) -> bool {
+        !self.reply.is_closed() && now + margin < self.deadline
+    }
 }
 
 #[derive(Clone)]
@@ -54,12 +65,13 @@ pub struct MessageWriter {
 
 impl MessageWriter {
     /// Starts the writer task on its own `lane`; it stops when `shutdown` fires, after committing
-    /// what was queued. `reads` serves the read-backs of repeated `client_id`s.
+    /// what was queued. `reads` serves the read-backs of repeated `client_id`s. `write_timeout` is
+    /// how long senders wait.
     pub fn start(
         lane: Store,
         reads: Store,
         hub: Arc<Hub>,
-        statement_timeout: Duration,
+        write_timeout: Duration,
         shutdown: CancellationToken,
         tasks: &tokio_util::task::TaskTracker,
     ) -> Self {
@@ -68,29 +80,35 @@ impl MessageWriter {
             lane,
             reads,
             hub,
-            timeout: statement_timeout + TIMEOUT_MARGIN,
+            margin: ANSWER_MARGIN.min(write_timeout / 10),
         };
         tasks.spawn(writer.run(receiver, shutdown));
         Self { requests }
     }
 
-    /// Stores `message` and fans it out; answers once it is committed. Dropping the future before the
-    /// writer took the message means it is never stored.
+    /// Stores `message` and fans it out; answers once it is committed, or `Unavailable` by
+    /// `deadline`. A message not committed by then is never stored later.
     pub async fn write(
         &self,
         message: NewMessage,
         origin: Option<ConnectionId>,
+        deadline: Instant,
     ) -> Result<Stored, WriteError> {
         let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(WriteRequest {
-                message,
-                origin,
-                reply,
-            })
-            .await
-            .map_err(|_| WriteError::ShuttingDown)?;
-        answer.await.map_err(|_| WriteError::ShuttingDown)?
+        let request = WriteRequest {
+            message,
+            origin,
+            deadline,
+            reply,
+        };
+        let answered = tokio::time::timeout_at(deadline, async {
+            self.requests
+                .send(request)
+                .await
+                .map_err(|_| WriteError::ShuttingDown)?;
+            answer.await.map_err(|_| WriteError::ShuttingDown)?
+        });
+        answered.await.unwrap_or(Err(WriteError::Unavailable))
     }
 }
 
@@ -102,8 +120,13 @@ struct Row {
 }
 
 impl Row {
-    fn abandoned(&self) -> bool {
-        self.waiting.iter().all(|request| request.reply.is_closed())
+    /// Until when committing the row is worth it: its most patient sender's deadline, less the margin.
+    fn commit_by(&self, now: Instant, margin: Duration) -> Option<Instant> {
+        self.waiting
+            .iter()
+            .filter(|request| request.waiting(now, margin))
+            .map(|request| request.deadline - margin)
+            .max()
     }
 
     /// Answers everyone waiting with a row that was stored before, or with why it was not.
@@ -122,7 +145,7 @@ struct Writer {
     lane: Store,
     reads: Store,
     hub: Arc<Hub>,
-    timeout: Duration,
+    margin: Duration,
 }
 
 impl Writer {
@@ -139,12 +162,27 @@ impl Writer {
         let mut pending = Vec::with_capacity(8);
         pending.push(0..rows.len());
         while let Some(range) = pending.pop() {
-            let live: Vec<usize> = range.clone().filter(|&i| !rows[i].abandoned()).collect();
-            if live.is_empty() {
-                continue;
+            let now = Instant::now();
+            let mut live = Vec::with_capacity(range.len());
+            let mut commit_by = None;
+            for index in range.clone() {
+                match rows[index].commit_by(now, self.margin) {
+                    Some(by) => {
+                        live.push(index);
+                        commit_by =
+                            Some(commit_by.map_or(by, |earliest: Instant| earliest.min(by)));
+                    }
+                    // Every sender of it gave up or is about to: never store it.
+                    None => {
+                        for row in unanswered(&mut rows[index..=index]) {
+                            row.answer(Err(WriteError::Unavailable));
+                        }
+                    }
+                }
             }
+            let Some(commit_by) = commit_by else { continue };
             let messages: Vec<NewMessage> = live.iter().map(|&i| rows[i].message.clone()).collect();
-            let attempt = tokio::time::timeout(self.timeout, self.lane.insert_messages(&messages))
+            let attempt = tokio::time::timeout_at(commit_by, self.lane.insert_messages(&messages))
                 .await
                 .unwrap_or(Err(StoreError::TimedOut));
             match attempt {
@@ -155,6 +193,14 @@ impl Writer {
                             None => conflicts.push(index),
                         }
                     }
+                }
+                // The most hurried senders of the batch gave up now; the others may still make it.
+                Err(StoreError::TimedOut) => {
+                    tracing::warn!(
+                        messages = messages.len(),
+                        "a batch of messages did not commit in time"
+                    );
+                    pending.push(range);
                 }
                 Err(error) if error.is_unavailable() => {
                     tracing::error!(%error, messages = messages.len(), "the database did not store a batch of messages");
@@ -210,12 +256,12 @@ impl Writer {
 
     /// A `(from_id, client_id)` committed by an earlier batch: answered with that row.
     async fn stored_before(&self, waiting: Vec<WriteRequest>, message: &NewMessage) {
-        if waiting.is_empty() {
+        let Some(deadline) = waiting.iter().map(|request| request.deadline).max() else {
             return;
-        }
+        };
         let client_id = message.client_id.as_deref().unwrap_or_default();
-        let read = tokio::time::timeout(
-            self.timeout,
+        let read = tokio::time::timeout_at(
+            deadline,
             self.reads.message_by_client_id(message.from_id, client_id),
         )
         .await;

@@ -1,6 +1,7 @@
-//! Users known to exist, remembered for a while, so that checking an access token or a recipient costs
-//! no query on the hot path. A user deleted from the database stops being known when their entry
-//! expires, or at once when a write about them fails (`forget`).
+//! Users known to exist, remembered for a while, so that checking a message's recipient costs no query
+//! on the hot path. A user deleted from the database stops being known when their entry expires, or
+//! at once when a write about them fails (`forget`); until then a message to them fails alone, on
+//! its foreign key, without failing its batch.
 
 use std::{
     collections::HashMap,

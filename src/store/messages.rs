@@ -291,14 +291,19 @@ impl Store {
 
 /// One statement for the whole batch. Ids are taken from the sequence first so that each row of the
 /// answer can be matched to its request, whatever order `RETURNING` uses.
+///
+/// The insert runs in an explicit transaction although it is one statement: a caller that gives up
+/// (its deadline passed) drops the future, and without a COMMIT sent the rows can never land later,
+/// when a lock that held the statement is released.
 async fn insert_postgres(
     pool: &sqlx::PgPool,
     batch: &[NewMessage],
 ) -> StoreResult<Vec<Option<MessageId>>> {
+    let mut tx = pool.begin().await?;
     let ids: Vec<i64> =
         sqlx::query_scalar("SELECT nextval('messages_id_seq') FROM generate_series(1, $1)")
             .bind(batch.len() as i64)
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
             .await?;
     let from: Vec<i64> = batch.iter().map(|m| m.from_id).collect();
     let to: Vec<i64> = batch.iter().map(|m| m.to_id).collect();
@@ -317,8 +322,9 @@ async fn insert_postgres(
     .bind(&content)
     .bind(&timestamps)
     .bind(&client_ids)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     let inserted: std::collections::HashSet<i64> = inserted.into_iter().collect();
     Ok(ids
         .into_iter()

@@ -7,6 +7,8 @@ mod auth;
 mod chat;
 mod cli;
 mod content;
+mod daemon;
 mod docs;
+mod faults;
 mod rest;
 mod socket;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -76,6 +76,82 @@ impl TestDb {
                 }
             }
         }
+    }
+}
+
+/// A connection of the test's own to the server's database, for doing to it what an operator, a
+/// migration or another process might: locking a table, deleting a row, changing the schema.
+pub enum DbConnection {
+    Postgres(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+impl TestDb {
+    pub fn backend(&self) -> Backend {
+        match self.cleanup {
+            Cleanup::Directory(_) => Backend::Sqlite,
+            Cleanup::Database { .. } => Backend::Postgres,
+        }
+    }
+
+    pub async fn connect(&self) -> DbConnection {
+        match self.backend() {
+            Backend::Postgres => DbConnection::Postgres(
+                PgConnection::connect(&self.url)
+                    .await
+                    .expect("connect to the test database"),
+            ),
+            Backend::Sqlite => DbConnection::Sqlite(
+                SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("open the test database"),
+            ),
+        }
+    }
+
+    /// Runs statements (separated by `;`) on a connection of their own.
+    pub async fn execute(&self, sql: &str) {
+        let mut connection = self.connect().await;
+        connection.execute(sql).await;
+        connection.close().await;
+    }
+
+    /// Holds the lock that stops every message from being written, until `release`: on PostgreSQL
+    /// `LOCK TABLE messages IN EXCLUSIVE MODE` (reads still pass), on SQLite the database's one write
+    /// lock (`BEGIN IMMEDIATE`).
+    pub async fn lock_writes(&self) -> DbConnection {
+        let mut connection = self.connect().await;
+        match self.backend() {
+            Backend::Postgres => {
+                connection
+                    .execute("BEGIN; LOCK TABLE messages IN EXCLUSIVE MODE")
+                    .await
+            }
+            Backend::Sqlite => connection.execute("BEGIN IMMEDIATE").await,
+        }
+        connection
+    }
+}
+
+impl DbConnection {
+    pub async fn execute(&mut self, sql: &str) {
+        let result = match self {
+            DbConnection::Postgres(connection) => {
+                connection.execute(sqlx::AssertSqlSafe(sql)).await.map(drop)
+            }
+            DbConnection::Sqlite(connection) => {
+                connection.execute(sqlx::AssertSqlSafe(sql)).await.map(drop)
+            }
+        };
+        result.unwrap_or_else(|error| panic!("{sql}: {error}"));
+    }
+
+    /// Ends whatever the connection held (a lock, a transaction) by closing it.
+    pub async fn close(self) {
+        let _ = match self {
+            DbConnection::Postgres(connection) => connection.close().await,
+            DbConnection::Sqlite(connection) => connection.close().await,
+        };
     }
 }
 

@@ -47,7 +47,7 @@ pub struct TestApp {
     pub config: Config,
     pub http: reqwest::Client,
     server: Option<RunningServer>,
-    _db: TestDb,
+    pub db: TestDb,
 }
 
 /// A signed-in user.
@@ -85,7 +85,7 @@ impl TestApp {
             config,
             http: reqwest::Client::new(),
             server: Some(server),
-            _db: db,
+            db,
         }
     }
 
@@ -99,6 +99,11 @@ impl TestApp {
         let server = start(config).await;
         self.addr = server.addr;
         self.server = Some(server);
+    }
+
+    /// The running server's state, for tests that drive the library directly.
+    pub fn server(&self) -> &RunningServer {
+        self.server.as_ref().expect("the server runs")
     }
 
     /// How many sockets the server holds for `user`.

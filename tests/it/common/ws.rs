@@ -154,6 +154,19 @@ impl WsClient {
         }
     }
 
+    /// The next JSON event, or `None` once the socket closed or broke.
+    pub async fn next_frame(&mut self) -> Option<Value> {
+        loop {
+            match self.stream.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    return Some(serde_json::from_str(&text).expect("events are JSON"));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
     /// The next event named `name`, skipping presence events (`user_connected`, `user_disconnected`),
     /// which arrive whenever someone comes or goes.
     pub async fn expect(&mut self, name: &str) -> Value {

@@ -1,0 +1,216 @@
+//! `teachlyd serve` as a process: what it writes to its log, and how it stops on SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::common::{TestDb, TestUser, WsClient, session_user};
+use crate::on_both_backends;
+
+/// A running `teachlyd serve` whose stderr is collected line by line.
+struct Daemon {
+    child: Child,
+    base: String,
+    log: Arc<Mutex<String>>,
+    http: reqwest::Client,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A directory removed when dropped.
+    pub struct Dir(pub std::path::PathBuf);
+
+    impl Dir {
+        pub fn new(name: &str) -> Self {
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "teachlyd-daemon-{name}-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Daemon {
+    /// Starts the binary on a port of its choosing, with `config` as its file; answers once it serves.
+    async fn start(database_url: &str, config: &str, log_level: &str) -> Self {
+        let dir = tempdir::Dir::new("serve");
+        let path = dir.0.join("config.toml");
+        std::fs::write(
+            &path,
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n{config}"),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_teachlyd"))
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", database_url)
+            .env("LOG_LEVEL", log_level)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("teachlyd starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (addr_sender, addr) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let collected = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("teachlyd is serving")
+                    && let Some(addr) = line.split("addr=").nth(1)
+                {
+                    let _ =
+                        addr_sender.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                }
+                let mut log = collected.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = tokio::task::spawn_blocking(move || addr.recv_timeout(Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .unwrap_or_else(|_| panic!("teachlyd did not start: {}", log.lock().unwrap()));
+        Self {
+            child,
+            base: format!("http://{addr}"),
+            log,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+        let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("the daemon answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn dev_login(&self, name: &str) -> TestUser {
+        let (status, body) = self
+            .post("/auth/dev-login", None, &json!({ "name": name }))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        session_user(&body)
+    }
+
+    fn ws_url(&self, query: &str) -> String {
+        format!("{}/ws{query}", self.base.replace("http://", "ws://"))
+    }
+
+    /// Sends SIGTERM and waits for the process to end; answers how it ended and how long it took.
+    async fn terminate(mut self) -> (ExitStatus, Duration, String) {
+        let started = Instant::now();
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(killed.success());
+        let status = tokio::task::spawn_blocking(move || {
+            let status = self.child.wait();
+            (status, self.log, self._dir)
+        })
+        .await
+        .unwrap();
+        let (status, log, _dir) = status;
+        // The reader thread may still be copying the last lines.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let log = log.lock().unwrap().clone();
+        (status.expect("the daemon ends"), started.elapsed(), log)
+    }
+}
+
+on_both_backends! {
+    async fn no_log_level_writes_message_text_or_tokens(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        for level in ["trace", "trace,tungstenite=trace,html5ever=trace,hyper=trace,warp=trace"] {
+            let daemon = Daemon::start(&db.url, "", level).await;
+            let alice = daemon.dev_login("alice").await;
+            let bob = daemon.dev_login("bob").await;
+            let secret_text = "quadratic-equations-at-seven-kittens";
+            let mut bob_ws = WsClient::connect(&daemon.ws_url(&format!("?access_token={}", bob.access_token)), None)
+                .await
+                .expect("bob's socket opens");
+            let mut alice_ws = WsClient::connect(&daemon.ws_url(""), Some(&alice.access_token))
+                .await
+                .expect("alice's socket opens");
+            alice_ws
+                .send_json(&json!({"event": "message", "to": bob.id, "message": format!("<b>{secret_text}</b> by socket")}))
+                .await;
+            alice_ws.until("message_sent").await;
+            bob_ws.until("new_message").await;
+            let (status, _) = daemon
+                .post(
+                    &format!("/conversations/{}/messages", bob.id),
+                    Some(&alice.access_token),
+                    &json!({"message": format!("{secret_text} by REST")}),
+                )
+                .await;
+            assert_eq!(status, 201);
+            let (status, _) = daemon
+                .post("/auth/refresh", None, &json!({"refresh_token": bob.refresh_token}))
+                .await;
+            assert_eq!(status, 200);
+            alice_ws.close().await;
+            bob_ws.close().await;
+            let (status, _, log) = daemon.terminate().await;
+            assert!(status.success(), "{log}");
+            assert!(log.contains("request"), "the daemon logged at {level}: {log}");
+            for (what, secret) in [
+                ("message text", secret_text),
+                ("access token", alice.access_token.as_str()),
+                ("access token in a query", bob.access_token.as_str()),
+                ("refresh token", bob.refresh_token.as_str()),
+            ] {
+                assert!(!log.contains(secret), "{what} in the log at LOG_LEVEL={level}");
+            }
+        }
+    }
+
+    async fn sigterm_ends_serve_in_time_while_the_database_is_locked(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        let config = "shutdown_grace = \"2s\"\n[database]\nwrite_timeout = \"5s\"\n";
+        let daemon = Daemon::start(&db.url, config, "info").await;
+        let alice = daemon.dev_login("alice").await;
+        let bob = daemon.dev_login("bob").await;
+        let mut alice_ws = WsClient::connect(&daemon.ws_url(""), Some(&alice.access_token))
+            .await
+            .expect("alice's socket opens");
+        let frame = |n: usize| json!({"event": "message", "to": bob.id, "message": format!("note {n}"), "client_id": format!("n-{n}")});
+        alice_ws.send_json(&frame(0)).await;
+        alice_ws.until("message_sent").await;
+        let lock = db.lock_writes().await;
+        for n in 1..4 {
+            alice_ws.send_json(&frame(n)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, took, log) = daemon.terminate().await;
+        assert!(took <= Duration::from_secs(2 + 5), "serve took {took:?} to stop: {log}");
+        assert_eq!(status.code(), Some(0), "{log}");
+        // Whatever the socket heard before it closed, none of the held messages was acknowledged.
+        while let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(1), alice_ws.next_frame()).await {
+            assert_ne!(event["event"], "message_sent", "{event}");
+        }
+        lock.close().await;
+    }
+}
