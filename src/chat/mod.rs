@@ -144,7 +144,7 @@ impl Chat {
         let content = self.checker.check(text)?;
         self.ensure_user_exists(to).await?;
         self.repeats
-            .check_and_record(from, text, client_id.as_deref(), Instant::now())?;
+            .check_and_record(from, &content, client_id.as_deref(), Instant::now())?;
         let stored = self
             .writer
             .write(NewMessage {
