@@ -1,15 +1,23 @@
 //! The content checks of SPEC §6, shared by the WebSocket and REST paths, in the contract's order:
-//! empty → too long → sanitized (and empty again) → links → spam. Links and spam are judged on the text
-//! as the sender wrote it (stricter than judging the sanitized copy, which has `&amp;` in every URL);
-//! what is stored is the sanitized text.
+//! empty → too long → sanitized (and empty again) → links → spam. Length is judged on the text as sent;
+//! every later rule judges the visible text of what is stored ([`visible::text`]: tags removed,
+//! entities decoded, invisible characters dropped), so markup cannot hide a word, a link or a run of
+//! letters from a rule.
+//!
+//! Markup the sanitizer removes is not judged: `<a href="javascript:…">x</a>` is stored as `x`, which
+//! no reader can follow. Refusing it as well would cost a second scan of every message for text that
+//! is never shown, and every rule would then need two readings of one message that could disagree.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+use super::visible;
 
 /// The configurable rules (`limits.*`, `urls.*`, `spam.*`).
 #[derive(Debug, Clone)]
 pub struct ContentRules {
     pub max_message_chars: usize,
-    /// Links to these domains or their subdomains are refused.
+    /// Links to these domains or their subdomains are refused. ASCII (punycode), as config validation
+    /// leaves them; compared case-insensitively.
     pub blocked_domains: Vec<String>,
     /// A run of one character longer than this is spam; 0 turns the rule off.
     pub max_repeated_chars: usize,
@@ -55,7 +63,6 @@ impl ContentRejection {
 }
 
 const ALLOWED_TAGS: [&str; 5] = ["b", "i", "em", "strong", "u"];
-const DANGEROUS_SCHEMES: [&str; 4] = ["javascript:", "data:", "vbscript:", "file:"];
 
 pub struct ContentChecker {
     rules: ContentRules,
@@ -71,13 +78,17 @@ impl ContentChecker {
             .clean_content_tags(HashSet::from(["script", "style"]))
             // `Builder::empty` still allows `lang` and `title` everywhere: allow no attribute at all.
             .generic_attributes(HashSet::new())
-            .tag_attributes(std::collections::HashMap::new())
+            .tag_attributes(HashMap::new())
             .url_schemes(HashSet::new())
             .link_rel(None);
         let blocked_phrases = rules
             .blocked_words
             .iter()
-            .map(|phrase| words(phrase))
+            .map(|phrase| {
+                words(&phrase.to_lowercase())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
             .filter(|words| !words.is_empty())
             .collect();
         Self {
@@ -94,103 +105,107 @@ impl ContentChecker {
             return Err(ContentRejection::Empty);
         }
         let max = self.rules.max_message_chars;
-        if text.chars().count() > max {
+        // A text has no more characters than bytes: most messages are judged without counting.
+        if text.len() > max && text.chars().count() > max {
             return Err(ContentRejection::TooLong { max });
         }
-        let sanitized = self.sanitizer.clean(text).to_string();
-        let sanitized = sanitized.trim();
-        if visible_text(sanitized).trim().is_empty() {
+        let mut stored = self.sanitizer.clean(text).to_string();
+        settle(&mut stored);
+        let visible = visible::text(&stored);
+        if visible::is_blank(&visible) {
             return Err(ContentRejection::Empty);
         }
-        // Entities such as `&#106;avascript:` only become a link once decoded: check both forms.
-        let visible = decode_entities(&visible_text(sanitized));
-        let links = self.check_links(text)?.max(self.check_links(&visible)?);
-        self.check_spam(text, links)?;
-        Ok(sanitized.to_owned())
+        let links = self.check_links(&visible)?;
+        self.check_spam(&visible, links)?;
+        Ok(stored)
     }
 
-    /// Refuses dangerous, credentialed or blocked links; answers how many links the text has.
-    fn check_links(&self, text: &str) -> Result<usize, ContentRejection> {
+    /// Refuses dangerous, credentialed or blocked links and blocked hosts; answers how many links the
+    /// text has.
+    fn check_links(&self, visible: &str) -> Result<usize, ContentRejection> {
         let mut links = 0;
-        for token in
-            text.split(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | '"' | '\'' | '`'))
-        {
-            let token = token.trim_matches(|c: char| {
-                matches!(
-                    c,
-                    '(' | ')' | '[' | ']' | '{' | '}' | ',' | ';' | '!' | '?' | '.'
-                )
-            });
-            if token.is_empty() {
-                continue;
-            }
-            let lower = token.to_lowercase();
-            if let Some(scheme) = dangerous_scheme(&lower) {
-                return Err(ContentRejection::UrlBlocked(format!(
-                    "links with the {scheme} scheme are not allowed"
-                )));
-            }
-            match Link::find(&lower) {
-                Some(Link::WithScheme { scheme, url }) => {
-                    links += 1;
-                    if !matches!(scheme.as_str(), "http" | "https") {
-                        return Err(ContentRejection::UrlBlocked(format!(
-                            "links with the {scheme}: scheme are not allowed; use http or https"
-                        )));
-                    }
-                    let parsed = url::Url::parse(&url).map_err(|_| {
-                        ContentRejection::UrlBlocked("a link in the message is malformed".into())
-                    })?;
-                    if !parsed.username().is_empty() || parsed.password().is_some() {
-                        return Err(ContentRejection::UrlBlocked(
-                            "links must not carry a user name or password".into(),
-                        ));
-                    }
-                    self.check_host(parsed.host_str())?;
-                }
-                Some(Link::Www(url)) => {
-                    links += 1;
-                    self.check_host(
-                        url::Url::parse(&url)
-                            .ok()
-                            .as_ref()
-                            .and_then(url::Url::host_str),
-                    )?;
-                }
-                Some(Link::BareHost(url)) => {
-                    self.check_host(
-                        url::Url::parse(&url)
-                            .ok()
-                            .as_ref()
-                            .and_then(url::Url::host_str),
-                    )?;
-                }
-                None => {}
-            }
+        let mut from = 0;
+        while let Some((link, end)) = Link::next(visible, from) {
+            links += 1;
+            from = end;
+            self.check_link(&link)?;
+        }
+        if !self.rules.blocked_domains.is_empty() {
+            self.check_named_hosts(visible)?;
         }
         Ok(links)
     }
 
-    fn check_host(&self, host: Option<&str>) -> Result<(), ContentRejection> {
-        let Some(host) = host else { return Ok(()) };
-        let host = host.trim_end_matches('.');
-        let blocked = self.rules.blocked_domains.iter().any(|domain| {
-            host == domain
-                || host
-                    .strip_suffix(domain.as_str())
-                    .is_some_and(|rest| rest.ends_with('.'))
+    fn check_link(&self, link: &Link<'_>) -> Result<(), ContentRejection> {
+        let target = link.text.trim_end_matches(|c: char| {
+            matches!(
+                c,
+                '(' | ')' | '[' | ']' | '{' | '}' | ',' | ';' | ':' | '!' | '?' | '.' | '\''
+            )
         });
-        if blocked {
+        let url = match link.scheme {
+            Some(scheme)
+                if !scheme.eq_ignore_ascii_case("http")
+                    && !scheme.eq_ignore_ascii_case("https") =>
+            {
+                return Err(ContentRejection::UrlBlocked(refused_scheme(scheme)));
+            }
+            // WHATWG parsing reads `https:\\host` and `https:host` as `https://host`, as browsers do.
+            Some(_) => url::Url::parse(target).map_err(|_| {
+                ContentRejection::UrlBlocked("a link in the message is malformed".into())
+            })?,
+            None => match url::Url::parse(&format!("http://{target}")) {
+                Ok(url) => url,
+                // `www.` followed by what no browser reads as a host leads nowhere.
+                Err(_) => return Ok(()),
+            },
+        };
+        if !url.username().is_empty() || url.password().is_some() {
             return Err(ContentRejection::UrlBlocked(
-                "links to that domain are not allowed".into(),
+                "links must not carry a user name or password".into(),
             ));
+        }
+        match url.host_str() {
+            Some(host) if self.is_blocked(host) => Err(blocked_domain()),
+            _ => Ok(()),
+        }
+    }
+
+    /// A blocked domain named anywhere (`evil.example/x`, `bob@evil.example`, inside another link) is
+    /// refused too: readers type it in, and many clients turn it into a link.
+    fn check_named_hosts(&self, visible: &str) -> Result<(), ContentRejection> {
+        for name in visible.split(|c: char| !(c.is_alphanumeric() || c == '.' || c == '-')) {
+            let name = name.trim_matches(['.', '-']);
+            if !name.contains('.') {
+                continue;
+            }
+            let blocked = if name.is_ascii() {
+                self.is_blocked(name)
+            } else {
+                // `ｅｖｉｌ.example` and IDNs: compare the form a browser resolves.
+                matches!(url::Host::parse(name), Ok(url::Host::Domain(host)) if self.is_blocked(&host))
+            };
+            if blocked {
+                return Err(blocked_domain());
+            }
         }
         Ok(())
     }
 
-    fn check_spam(&self, text: &str, links: usize) -> Result<(), ContentRejection> {
+    /// Whether `host` is a blocked domain or one of its subdomains.
+    fn is_blocked(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').as_bytes();
+        self.rules.blocked_domains.iter().any(|domain| {
+            host.len().checked_sub(domain.len()).is_some_and(|at| {
+                host[at..].eq_ignore_ascii_case(domain.as_bytes())
+                    && (at == 0 || host[at - 1] == b'.')
+            })
+        })
+    }
+
+    fn check_spam(&self, visible: &str, links: usize) -> Result<(), ContentRejection> {
         let max_run = self.rules.max_repeated_chars;
-        if max_run > 0 && longest_run(text) > max_run {
+        if max_run > 0 && longest_run(visible) > max_run {
             return Err(ContentRejection::Spam(format!(
                 "the same character is repeated more than {max_run} times in a row"
             )));
@@ -202,11 +217,12 @@ impl ContentChecker {
             )));
         }
         if !self.blocked_phrases.is_empty() {
-            let text_words = words(text);
+            let lower = visible.to_lowercase();
+            let text_words: Vec<&str> = words(&lower).collect();
             let hit = self.blocked_phrases.iter().any(|phrase| {
                 text_words
                     .windows(phrase.len())
-                    .any(|window| window == phrase.as_slice())
+                    .any(|window| window.iter().eq(phrase.iter()))
             });
             if hit {
                 return Err(ContentRejection::Spam(
@@ -218,77 +234,111 @@ impl ContentChecker {
     }
 }
 
-/// A link found in one whitespace-separated token (already lowercased).
-enum Link {
-    /// `scheme://…`; `url` starts at the scheme.
-    WithScheme { scheme: String, url: String },
-    /// `www.…`, read as `http://www.…`.
-    Www(String),
-    /// `example.com/…`, read as `http://example.com/…`: checked against blocked domains, not counted.
-    BareHost(String),
+/// A link in the visible text, as SPEC §6 defines one: `scheme:` (three or more letters, digits,
+/// `+ - .`, starting with a letter) followed by a non-space, or `www.…`. It ends at a space or at a
+/// character that no link holds unescaped.
+struct Link<'a> {
+    /// From the scheme (or `www.`) on.
+    text: &'a str,
+    /// `None` for `www.…`, read as `http://www.…`.
+    scheme: Option<&'a str>,
 }
 
-impl Link {
-    fn find(token: &str) -> Option<Link> {
-        if let Some(separator) = token.find("://") {
-            let before = &token[..separator];
-            let start = before
-                .char_indices()
-                .rev()
-                .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
-                .map_or(0, |(i, c)| i + c.len_utf8());
-            let scheme = &before[start..];
-            if scheme.starts_with(|c: char| c.is_ascii_alphabetic()) {
-                return Some(Link::WithScheme {
-                    scheme: scheme.to_owned(),
-                    url: token[start..].to_owned(),
-                });
+impl<'a> Link<'a> {
+    /// The first link at or after byte `from` (a character boundary), and the byte where it ends.
+    fn next(text: &'a str, from: usize) -> Option<(Link<'a>, usize)> {
+        let bytes = text.as_bytes();
+        let mut at = from;
+        while at < bytes.len() {
+            if !is_scheme_byte(bytes[at]) {
+                at += 1;
+                continue;
             }
+            // Only ASCII bytes are scheme bytes, so a run starts and ends on character boundaries.
+            let run_end = at
+                + bytes[at..]
+                    .iter()
+                    .take_while(|b| is_scheme_byte(**b))
+                    .count();
+            if let Some((start, scheme)) = link_in_run(text, at, run_end) {
+                let end = text[start..]
+                    .find(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | '"' | '`'))
+                    .map_or(text.len(), |length| start + length);
+                let link = Link {
+                    text: &text[start..end],
+                    scheme,
+                };
+                return Some((link, end));
+            }
+            at = run_end;
         }
-        let token = token.trim_start_matches(|c: char| !c.is_alphanumeric());
-        if token.starts_with("www.") && token.len() > 4 {
-            return Some(Link::Www(format!("http://{token}")));
-        }
-        let host = token.split(['/', '?', '#']).next().unwrap_or_default();
-        let host = host.rsplit('@').next().unwrap_or_default();
-        let host = host.split(':').next().unwrap_or_default();
-        let labels: Vec<&str> = host.split('.').collect();
-        let looks_like_host = labels.len() >= 2
-            && labels.iter().all(|label| {
-                !label.is_empty() && label.chars().all(|c| c.is_alphanumeric() || c == '-')
-            })
-            && labels.last().is_some_and(|tld| {
-                tld.chars().count() >= 2 && tld.chars().all(char::is_alphabetic)
-            });
-        looks_like_host.then(|| Link::BareHost(format!("http://{host}")))
+        None
     }
 }
 
-/// `javascript:` and friends where a token (or an attribute value inside it) starts.
-fn dangerous_scheme(lower: &str) -> Option<&'static str> {
-    DANGEROUS_SCHEMES.into_iter().find(|scheme| {
-        lower.match_indices(scheme).any(|(at, _)| {
-            let starts_a_word = lower[..at]
+/// Where a link starts in the run of scheme characters `text[run..run_end]`, and its scheme.
+fn link_in_run(text: &str, run: usize, run_end: usize) -> Option<(usize, Option<&str>)> {
+    let bytes = text.as_bytes();
+    let followed = |at: usize| {
+        text[at..]
+            .chars()
+            .next()
+            .is_some_and(|c| !c.is_whitespace())
+    };
+    let www_at = |at: usize| {
+        bytes[at..run_end]
+            .get(..4)
+            .is_some_and(|start| start.eq_ignore_ascii_case(b"www."))
+            && text[..at]
                 .chars()
                 .next_back()
-                .is_none_or(|before| !before.is_alphanumeric());
-            // `data: 42` and `File: report.pdf` are prose; `data:text/html` is a link.
-            let followed = lower[at + scheme.len()..]
-                .chars()
-                .next()
-                .is_some_and(|after| !after.is_whitespace());
-            starts_a_word && followed
-        })
-    })
+                .is_none_or(|c| !c.is_alphanumeric())
+            && followed(at + 4)
+    };
+    if let Some(letter) = bytes[run..run_end].iter().position(u8::is_ascii_alphabetic) {
+        let start = run + letter;
+        let is_scheme =
+            run_end - start >= 3 && bytes.get(run_end) == Some(&b':') && followed(run_end + 1);
+        // `www.example.com:8080` is a host and a port, not a scheme named `www.example.com`.
+        if is_scheme && !www_at(start) {
+            return Some((start, Some(&text[start..run_end])));
+        }
+    }
+    (run..run_end)
+        .find(|&at| www_at(at))
+        .map(|start| (start, None))
 }
 
-/// The entities ammonia writes into text, read back as the characters a reader sees.
-fn decode_entities(text: &str) -> String {
-    text.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&nbsp;", " ")
-        .replace("&amp;", "&")
+fn is_scheme_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'+' | b'-' | b'.')
+}
+
+fn refused_scheme(scheme: &str) -> String {
+    // A scheme is the sender's text: echo only one short enough to be a real one.
+    if scheme.len() > 32 {
+        return "links with that scheme are not allowed; use http or https".into();
+    }
+    format!(
+        "links with the {}: scheme are not allowed; use http or https",
+        scheme.to_ascii_lowercase()
+    )
+}
+
+fn blocked_domain() -> ContentRejection {
+    ContentRejection::UrlBlocked("links to that domain are not allowed".into())
+}
+
+/// Makes the sanitized text what sanitizing it again gives, so stored text passes the checks unchanged:
+/// trimmed, and without what the HTML parser changes on a second reading (a CR that came from `&#13;`
+/// is read as a line break, a byte order mark at the start is dropped).
+fn settle(text: &mut String) {
+    if text.contains('\r') {
+        *text = text.replace("\r\n", "\n").replace('\r', "\n");
+    }
+    text.truncate(text.trim_end().len());
+    let start = text.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{FEFF}');
+    let leading = text.len() - start.len();
+    text.drain(..leading);
 }
 
 fn longest_run(text: &str) -> usize {
@@ -303,27 +353,10 @@ fn longest_run(text: &str) -> usize {
     longest
 }
 
-/// Lowercased words, split at anything that is not a letter or digit.
-fn words(text: &str) -> Vec<String> {
+/// The words of a text, split at anything that is not a letter or digit.
+fn words(text: &str) -> impl Iterator<Item = &str> {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|word| !word.is_empty())
-        .map(str::to_lowercase)
-        .collect()
-}
-
-/// The sanitized text without its (allowed) tags.
-fn visible_text(sanitized: &str) -> String {
-    let mut visible = String::with_capacity(sanitized.len());
-    let mut in_tag = false;
-    for c in sanitized.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' if in_tag => in_tag = false,
-            c if !in_tag => visible.push(c),
-            _ => {}
-        }
-    }
-    visible
 }
 
 #[cfg(test)]
@@ -397,7 +430,6 @@ mod tests {
         for text in [
             "click javascript:alert(1)",
             "JavaScript:alert(1)",
-            "<a href=\"javascript:alert(1)\">x</a>",
             "data:text/html;base64,PHNjcmlwdD4=",
             "vbscript:msgbox",
             "file:///etc/passwd",
@@ -412,7 +444,13 @@ mod tests {
             "evil.example",
             "&#106;avascript:alert(1)",
             "see evil&#46;example today",
-            "file:///etc/passwd",
+            "www.evil.example:8080/x",
+            "ask ab:evil.example",
+            "evil.example,https://ok.example",
+            "ｅｖｉｌ.example",
+            "https://evil%2Eexample/x",
+            "https://ｅｖｉｌ.example/x",
+            "www.user:pw@ok.example",
         ] {
             assert_eq!(code(text), "url_blocked", "{text:?}");
         }
@@ -428,7 +466,9 @@ mod tests {
             "a:b c:d",
             "the file.txt is attached",
             "data is fine, javascript is fine too",
-            "metadata:value",
+            "www.teachly.example:8080/lesson",
+            "https://en.wikipedia.org/wiki/Special:Random",
+            "news about evil.examples and notevil.example",
             "Input data: 42",
             "File: report.pdf",
             "JavaScript: The Good Parts",
@@ -471,7 +511,267 @@ mod tests {
         assert!(checker.check(&many).is_ok());
     }
 
+    #[test]
+    fn rules_judge_the_text_as_stored_and_shown() {
+        for text in [
+            "c&#97;sino",
+            "c&#x61;sino tonight",
+            "cas<b></b>ino",
+            "CAS<i>IN</i>O",
+            "cas\u{200B}ino",
+            "cas\u{AD}ino",
+            "ca\u{2060}s\u{FEFF}i\u{200E}no",
+            "free&nbsp;money",
+            "free <b>money</b>",
+        ] {
+            assert_eq!(code(text), "spam_detected", "{text:?}");
+        }
+        assert_eq!(code(&"&#97;".repeat(31)), "spam_detected");
+        let split_run = format!("{0}<b></b>{0}", "a".repeat(20));
+        assert_eq!(code(&split_run), "spam_detected");
+        assert_eq!(code(&"a\u{200B}".repeat(31)), "spam_detected");
+        assert_eq!(code(&"&#97;".repeat(30)), "ok");
+    }
+
+    #[test]
+    fn every_scheme_is_a_link() {
+        for text in [
+            "mailto:x@y.example",
+            "tel:+123",
+            "ms-msdt:/id PCWDiagnostic",
+            "search-ms:query=x",
+            "MAILTO:x@y.example",
+            "open ssh:host now",
+            "view-source:https://ok.example",
+            "<b>mail</b>to:x@y.example",
+            "metadata:value",
+            "(mailto:x@y.example)",
+            "-javascript:alert(1)",
+        ] {
+            assert_eq!(code(text), "url_blocked", "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_backslash_in_a_link_is_a_slash() {
+        for text in [
+            "https:\\\\evil.example/x",
+            "https:/\\evil.example",
+            "http:evil.example",
+            "HTTPS:\\\\WWW.EVIL.EXAMPLE",
+            "www.evil.example\\x",
+            "https://ev<b></b>il.example/x",
+            "https://evil\u{200B}.example/x",
+        ] {
+            assert_eq!(code(text), "url_blocked", "{text:?}");
+        }
+        let links = (0..6)
+            .map(|i| format!("https:\\\\site{i}.example"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(code(&links), "spam_detected");
+    }
+
+    #[test]
+    fn blank_once_decoded_is_empty() {
+        for text in [
+            "&nbsp;",
+            "&nbsp; &nbsp;",
+            "<b>&nbsp;</b>",
+            "\u{200B}",
+            "\u{200B}\u{200C}\u{200D}\u{2060}\u{FEFF}",
+            "\u{AD}",
+            "\u{202E}\u{2066}",
+            "\u{3164}",
+            "\u{2800}",
+            "\u{115F}\u{1160}",
+            "\u{FFA0}",
+            "\u{E0041}",
+            "&#8203;",
+            "<i>\u{200B}</i>",
+        ] {
+            assert_eq!(code(text), "empty_message", "{text:?}");
+        }
+    }
+
+    #[test]
+    fn prose_with_colons_is_no_link() {
+        for text in [
+            "3:2",
+            "10:30",
+            "a:b",
+            "won 3:2 at 10:30, see you at 7:45!",
+            "JavaScript: The Good Parts",
+            "Input data: 42",
+            "File: report.pdf",
+            "Re: homework",
+            "it ends with a colon:",
+            "the ratio is 16:9 (or 4:3)",
+        ] {
+            assert_eq!(code(text), "ok", "{text:?}");
+        }
+    }
+
+    #[test]
+    fn markup_the_sanitizer_removes_is_not_judged() {
+        // What is stored is `x`: judging what no reader will ever see refuses nothing dangerous.
+        assert_eq!(
+            checker().check("<a href=\"javascript:alert(1)\">x</a>"),
+            Ok("x".to_owned())
+        );
+    }
+
+    /// The rules of `checker()` without the length rule: that one judges the text as sent, and what is
+    /// stored can be longer (`&` is stored as `&amp;`).
+    fn checker_of_any_length() -> ContentChecker {
+        ContentChecker::new(ContentRules {
+            max_message_chars: usize::MAX,
+            blocked_domains: vec!["evil.example".into()],
+            blocked_words: vec!["casino".into(), "free money".into()],
+            ..ContentRules::default()
+        })
+    }
+
+    /// What every accepted text must come to: stored text that passes the rules again unchanged, holds
+    /// only the allowed tags without attributes, and is at most a few times longer than what was sent.
+    fn assert_storable(text: &str) -> Result<(), TestCaseError> {
+        let checker = checker_of_any_length();
+        let Ok(stored) = checker.check(text) else {
+            return Ok(());
+        };
+        prop_assert_eq!(checker.check(&stored), Ok(stored.clone()), "checked again");
+        prop_assert!(!stored.trim().is_empty());
+        prop_assert!(!stored.contains('\0'), "PostgreSQL text cannot hold NUL");
+        let mut tags = stored.split('<').skip(1);
+        prop_assert!(
+            tags.all(|tag| {
+                tag.split_once('>').is_some_and(|(tag, _)| {
+                    ALLOWED_TAGS.contains(&tag.strip_prefix('/').unwrap_or(tag))
+                })
+            }),
+            "a tag other than {ALLOWED_TAGS:?}, or with attributes, in {stored:?}"
+        );
+        // `&nbsp;` for U+00A0 is the most one character grows.
+        prop_assert!(
+            stored.chars().count() <= 6 * text.chars().count(),
+            "{stored:?}"
+        );
+        Ok(())
+    }
+
+    /// Markup, entities and link-like pieces, more often than random text would hold them.
+    fn markup_heavy() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            "[a-zA-Z0-9 ]{1,6}",
+            "</?(b|i|em|strong|u|a|p|div|script|style|img)( [a-z]{1,6}(=[\"']?[a-z:/]{0,8}[\"']?)?)?/?>",
+            "&(amp|lt|gt|quot|nbsp|apos|shy|period|colon|ZeroWidthSpace|bogus);?",
+            "&#(x[0-9a-fA-F]{1,6}|[0-9]{1,7});?",
+            "[a-z]{1,4}:[a-z/\\\\]{0,4}",
+            Just("www.".to_owned()),
+            "[<>&:;/\\\\\"'`.]",
+            "[\u{a0}\u{ad}\u{200b}-\u{200f}\u{2060}\u{feff}\u{3164}\u{2800}\u{202e}]",
+            "<!--[a-z ]{0,5}-->",
+        ];
+        prop::collection::vec(piece, 0..40).prop_map(|pieces| pieces.concat())
+    }
+
+    /// `target` spelled with entities, case changes, empty allowed tags and invisible characters.
+    fn disguised(target: &'static str) -> impl Strategy<Value = String> {
+        let spelling = prop_oneof![Just(0u8), Just(1), Just(2), Just(3), Just(4)];
+        let filler = prop_oneof![
+            Just(""),
+            Just(""),
+            Just("<b></b>"),
+            Just("<i></i>"),
+            Just("<em></em>"),
+            Just("<strong></strong>"),
+            Just("<u></u>"),
+            Just("</b>"),
+            Just("<i>"),
+            Just("\u{200B}"),
+            Just("\u{200C}"),
+            Just("\u{200D}"),
+            Just("\u{2060}"),
+            Just("\u{FEFF}"),
+            Just("\u{AD}"),
+            Just("\u{200E}"),
+            Just("\u{202E}"),
+            Just("\u{2066}"),
+            Just("\u{E0020}"),
+            Just("&shy;"),
+            Just("&#8203;"),
+            Just("&#x200d;"),
+            Just("&ZeroWidthSpace;"),
+            Just("&NoBreak;"),
+        ];
+        prop::collection::vec((spelling, filler), target.chars().count()).prop_map(move |ways| {
+            let mut text = String::new();
+            for (c, (spelling, filler)) in target.chars().zip(ways) {
+                match (spelling, c) {
+                    (0, c) => text.push(c),
+                    (1, c) => text.push(c.to_ascii_uppercase()),
+                    (2, c) => text.push_str(&format!("&#{};", u32::from(c))),
+                    (3, c) => text.push_str(&format!("&#x{:X};", u32::from(c))),
+                    (_, '.') => text.push_str("&period;"),
+                    (_, c) => text.push_str(&format!("&#0{};", u32::from(c))),
+                }
+                text.push_str(filler);
+            }
+            text
+        })
+    }
+
     proptest! {
+        #[test]
+        fn what_is_stored_passes_the_rules_again(text in "(.|\\x00){0,300}") {
+            assert_storable(&text)?;
+        }
+
+        #[test]
+        fn stored_markup_passes_the_rules_again(text in markup_heavy()) {
+            assert_storable(&text)?;
+        }
+
+        #[test]
+        fn a_disguised_blocked_word_is_spam(
+            word in disguised("casino"),
+            before in "|win at the |\\(|<b>",
+            after in "| now|!|\\)",
+        ) {
+            let text = format!("{before}{word}{after}");
+            prop_assert_eq!(code(&text), "spam_detected", "{:?}", text);
+        }
+
+        #[test]
+        fn a_disguised_blocked_domain_is_refused(
+            domain in disguised("evil.example"),
+            form in prop::sample::select(vec![
+                "{}", "see {}/page", "https://{}/x", "https:\\\\{}", "http:{}", "www.{}", "bob@{}",
+                "<b>https://</b>{}",
+            ]),
+        ) {
+            let text = form.replace("{}", &domain);
+            prop_assert_eq!(code(&text), "url_blocked", "{:?}", text);
+        }
+
+        #[test]
+        fn times_and_ratios_are_no_links(
+            pieces in prop::collection::vec(prop_oneof![
+                "[A-Za-z]{1,10}",
+                "[0-9]{1,2}:[0-9]{2}(am|pm|h)?",
+                "[0-9]{1,2}:[0-9]{1,2}",
+                "[A-Za-z]{1,10}: [A-Za-z0-9]{1,6}",
+            ], 1..12),
+            separator in prop::sample::select(vec![" ", ", ", ". ", " (", ") ", " - ", "! "]),
+        ) {
+            let text = pieces.join(separator);
+            let checker = ContentChecker::new(ContentRules::default());
+            let stored = checker.check(&text);
+            prop_assert!(stored.is_ok(), "{:?}: {:?}", text, stored);
+            let links = checker.check_links(&visible::text(&text));
+            prop_assert_eq!(links, Ok(0), "{:?}", text);
+        }
+
         #[test]
         fn never_panics_and_never_lets_markup_through(text in "(.|\\x00){0,300}") {
             if let Ok(stored) = checker().check(&text) {

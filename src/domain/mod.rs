@@ -3,6 +3,7 @@
 
 pub mod content;
 pub mod repeat;
+pub mod visible;
 
 use serde::Serialize;
 use sqlx::types::time::OffsetDateTime;

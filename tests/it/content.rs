@@ -37,6 +37,24 @@ fn cases() -> Vec<(String, Result<&'static str, &'static str>)> {
             Err("spam_detected"),
         ),
         ("win at the CASINO".into(), Err("spam_detected")),
+        // The rules judge what is stored and shown, not the markup that spells it.
+        ("c&#97;sino".into(), Err("spam_detected")),
+        ("cas<b></b>ino".into(), Err("spam_detected")),
+        ("&#97;".repeat(31), Err("spam_detected")),
+        (
+            format!("{0}<b></b>{0}", "a".repeat(20)),
+            Err("spam_detected"),
+        ),
+        ("mailto:x@y.example".into(), Err("url_blocked")),
+        ("tel:+123".into(), Err("url_blocked")),
+        ("ms-msdt:/id PCWDiagnostic".into(), Err("url_blocked")),
+        ("search-ms:query=x".into(), Err("url_blocked")),
+        ("https:\\\\blocked.example/x".into(), Err("url_blocked")),
+        ("&nbsp;".into(), Err("empty_message")),
+        ("\u{200B}".into(), Err("empty_message")),
+        ("3:2".into(), Ok("")),
+        ("10:30".into(), Ok("")),
+        ("a:b".into(), Ok("")),
     ]
 }
 
@@ -93,6 +111,28 @@ on_both_backends! {
         let (status, body) = app.send(&alice, bob.id, "Are you  there?").await;
         assert_eq!((status, body["code"].as_str()), (422, Some("spam_detected")));
         assert_eq!(app.send(&bob, alice.id, "are you there?").await.0, 201, "another sender is fine");
+        app.stop().await;
+    }
+
+    async fn the_repeat_rule_sees_through_markup_and_fillers(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let alice = app.dev_login("alice").await;
+        let bob = app.dev_login("bob").await;
+        for text in ["<b>buy now</b>", "<i>buy now</i>", "BUY  now"] {
+            assert_eq!(app.send(&alice, bob.id, text).await.0, 201, "{text}");
+        }
+        // Fifty sends within a second, more than SPEC §7 allows: once rate limits are enforced this
+        // test must turn them off.
+        for n in 0..46 {
+            let (status, body) = app.send(&alice, bob.id, &format!("filler {n}")).await;
+            assert_eq!(status, 201, "filler {n}: {body}");
+        }
+        let (status, body) = app.send(&alice, bob.id, "buy now").await;
+        assert_eq!((status, body["code"].as_str()), (422, Some("spam_detected")), "REST: {body}");
+        let mut ws = app.connect(&alice).await;
+        ws.send_json(&json!({"event": "message", "to": bob.id, "message": "<u>buy&nbsp;now</u>"})).await;
+        let event = ws.until_any(&["message_sent", "error"]).await;
+        assert_eq!((event["event"].as_str(), event["code"].as_str()), (Some("error"), Some("spam_detected")), "WS: {event}");
         app.stop().await;
     }
 }
