@@ -15,6 +15,8 @@ use jsonwebtoken::{
 };
 use serde::Deserialize;
 
+use super::holds_email_address;
+
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 const SKEW_SECONDS: u64 = 60;
 const REFETCH_INTERVAL: Duration = Duration::from_secs(5);
@@ -32,8 +34,11 @@ pub struct GoogleVerifierConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GoogleIdentity {
     pub sub: String,
+    /// A name fit to show everyone: never an email address or its local part; `None` when the token
+    /// has no such name.
     pub name: Option<String>,
     pub picture: Option<String>,
+    /// Only an address Google says it verified: an unverified one may belong to someone else.
     pub email: Option<String>,
 }
 
@@ -54,9 +59,73 @@ fn invalid(reason: &str) -> GoogleAuthError {
 struct GoogleClaims {
     sub: String,
     iat: Option<u64>,
+    aud: Audience,
+    azp: Option<String>,
     name: Option<String>,
+    given_name: Option<String>,
+    family_name: Option<String>,
     picture: Option<String>,
     email: Option<String>,
+    /// A bool in ID tokens; some Google endpoints send the string "true" or "false".
+    email_verified: Option<serde_json::Value>,
+}
+
+/// `aud` is one client id, or a list of them when the token was issued for several.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Several(Vec<String>),
+}
+
+impl Audience {
+    fn client_ids(&self) -> &[String] {
+        match self {
+            Audience::One(id) => std::slice::from_ref(id),
+            Audience::Several(ids) => ids,
+        }
+    }
+}
+
+impl GoogleClaims {
+    fn verified_email(&self) -> Option<String> {
+        let verified = match &self.email_verified {
+            Some(serde_json::Value::Bool(verified)) => *verified,
+            Some(serde_json::Value::String(verified)) => verified.eq_ignore_ascii_case("true"),
+            _ => false,
+        };
+        self.email.clone().filter(|_| verified)
+    }
+
+    /// `name`, else `given_name` and `family_name`; whichever is blank, an email address or the
+    /// local part of the token's email counts as no name, since public names are searchable by all.
+    fn public_name(&self) -> Option<String> {
+        let local_part = self
+            .email
+            .as_deref()
+            .and_then(|email| email.split_once('@'))
+            .map(|(local, _)| local.trim().to_lowercase())
+            .filter(|local| !local.is_empty());
+        let usable = |name: &str| {
+            let name = name.trim();
+            let is_local_part = local_part
+                .as_deref()
+                .is_some_and(|local| name.to_lowercase() == local);
+            (!name.is_empty() && !is_local_part && !holds_email_address(name))
+                .then(|| name.to_owned())
+        };
+        let parts = [self.given_name.as_deref(), self.family_name.as_deref()]
+            .into_iter()
+            .flatten()
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        self.name
+            .as_deref()
+            .and_then(usable)
+            .or_else(|| usable(&parts))
+    }
 }
 
 #[derive(Default)]
@@ -111,17 +180,32 @@ impl GoogleVerifier {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        if claims.iat.is_some_and(|iat| iat > now + SKEW_SECONDS) {
+        let iat = claims
+            .iat
+            .ok_or_else(|| invalid("the ID token does not say when it was issued"))?;
+        if iat > now + SKEW_SECONDS {
             return Err(invalid("the ID token is not valid yet"));
+        }
+        // A token issued for several audiences was meant for whoever `azp` names; only that one of
+        // them may present it (OpenID Connect Core §3.1.3.7).
+        if claims.aud.client_ids().len() > 1
+            && !claims
+                .azp
+                .as_ref()
+                .is_some_and(|azp| self.config.client_ids.contains(azp))
+        {
+            return Err(invalid(
+                "the ID token names several audiences and was not issued to this client",
+            ));
         }
         if claims.sub.trim().is_empty() {
             return Err(invalid("the ID token has no subject"));
         }
         Ok(GoogleIdentity {
+            name: claims.public_name(),
+            email: claims.verified_email(),
             sub: claims.sub,
-            name: claims.name.filter(|n| !n.trim().is_empty()),
             picture: claims.picture,
-            email: claims.email,
         })
     }
 
@@ -254,6 +338,108 @@ fn explain(kind: &ErrorKind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn claims(value: serde_json::Value) -> GoogleClaims {
+        let mut base =
+            serde_json::json!({"sub": "1", "aud": "client", "email": "ada.l@example.com"});
+        base.as_object_mut()
+            .unwrap()
+            .extend(value.as_object().unwrap().clone());
+        serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn the_public_name_is_never_the_email() {
+        let name = |value| claims(value).public_name();
+        assert_eq!(
+            name(serde_json::json!({"name": " Ada Lovelace "})),
+            Some("Ada Lovelace".into())
+        );
+        assert_eq!(
+            name(serde_json::json!({"given_name": "Ada", "family_name": "Lovelace"})),
+            Some("Ada Lovelace".into())
+        );
+        assert_eq!(
+            name(serde_json::json!({"given_name": "Ada"})),
+            Some("Ada".into())
+        );
+        assert_eq!(
+            name(serde_json::json!({"family_name": "Lovelace"})),
+            Some("Lovelace".into())
+        );
+        assert_eq!(
+            name(serde_json::json!({"name": "", "given_name": "Ada"})),
+            Some("Ada".into())
+        );
+        assert_eq!(name(serde_json::json!({})), None);
+        assert_eq!(name(serde_json::json!({"name": "  "})), None);
+        assert_eq!(name(serde_json::json!({"name": "ada.l@example.com"})), None);
+        assert_eq!(
+            name(serde_json::json!({"name": "Ada <ada@elsewhere.example>"})),
+            None
+        );
+        assert_eq!(name(serde_json::json!({"name": "ADA.L"})), None);
+        assert_eq!(
+            name(serde_json::json!({"name": "ada.l", "given_name": "Ada", "family_name": "L"})),
+            Some("Ada L".into())
+        );
+        assert_eq!(name(serde_json::json!({"given_name": "Ada.L"})), None);
+        assert_eq!(
+            name(serde_json::json!({"name": "Ada @ home"})),
+            Some("Ada @ home".into())
+        );
+    }
+
+    #[test]
+    fn an_email_address_is_an_at_between_two_non_spaces() {
+        for address in [
+            "ada@example.com",
+            "bob@localhost",
+            "Ada <ada@example.com>",
+            "a@b",
+        ] {
+            assert!(holds_email_address(address), "{address}");
+        }
+        for name in ["Ada Lovelace", "Ada @ home", "@ada", "ada@", "@", ""] {
+            assert!(!holds_email_address(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn only_a_verified_email_is_kept() {
+        let email = |value| claims(value).verified_email();
+        assert_eq!(email(serde_json::json!({})), None);
+        assert_eq!(email(serde_json::json!({"email_verified": false})), None);
+        assert_eq!(email(serde_json::json!({"email_verified": "false"})), None);
+        assert_eq!(email(serde_json::json!({"email_verified": 1})), None);
+        assert_eq!(
+            email(serde_json::json!({"email_verified": true})),
+            Some("ada.l@example.com".into())
+        );
+        assert_eq!(
+            email(serde_json::json!({"email_verified": "true"})),
+            Some("ada.l@example.com".into())
+        );
+    }
+
+    #[test]
+    fn audiences_are_one_or_several() {
+        assert_eq!(claims(serde_json::json!({})).aud.client_ids().len(), 1);
+        assert_eq!(
+            claims(serde_json::json!({"aud": ["a"]}))
+                .aud
+                .client_ids()
+                .len(),
+            1
+        );
+        assert_eq!(
+            claims(serde_json::json!({"aud": ["a", "b"]}))
+                .aud
+                .client_ids()
+                .len(),
+            2
+        );
+    }
 
     #[test]
     fn reads_max_age() {

@@ -3,7 +3,7 @@
 pub mod google;
 pub mod session;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use sqlx::types::time::OffsetDateTime;
 
@@ -82,6 +82,8 @@ impl From<GoogleAuthError> for AuthError {
 pub struct Auth {
     store: Store,
     keys: SessionKeys,
+    /// How long a just-spent refresh token still answers a pair of its family.
+    refresh_reuse_grace: Duration,
     google: Option<GoogleVerifier>,
     dev_login: bool,
 }
@@ -123,6 +125,7 @@ impl Auth {
                 config.auth.access_token_ttl.0,
                 config.auth.refresh_token_ttl.0,
             ),
+            refresh_reuse_grace: config.auth.refresh_reuse_grace.0,
             google,
             dev_login: modes.dev_login,
         })
@@ -148,16 +151,12 @@ impl Auth {
     pub async fn login_google(&self, id_token: &str) -> Result<Session, AuthError> {
         let verifier = self.google.as_ref().ok_or(AuthError::GoogleDisabled)?;
         let identity = verifier.verify(id_token).await?;
-        let name = identity
-            .name
-            .as_deref()
-            .or(identity.email.as_deref())
-            .unwrap_or("Teachly user");
         let user = self
             .store
             .upsert_user(&Identity {
                 google_id: &identity.sub,
-                name,
+                // Without a usable name the stored one stays, and a new user is named by their id.
+                name: identity.name.as_deref(),
                 avatar_url: identity.picture.as_deref(),
                 email: identity.email.as_deref(),
             })
@@ -175,7 +174,7 @@ impl Auth {
             .store
             .upsert_user(&Identity {
                 google_id: &google_id,
-                name,
+                name: Some(name),
                 avatar_url: None,
                 email: None,
             })
@@ -210,7 +209,9 @@ impl Auth {
         from + self.keys.refresh_ttl
     }
 
-    /// Spends `refresh_token` for a new pair. A token presented a second time revokes its family.
+    /// Spends `refresh_token` for a new pair. A token presented a second time revokes its family,
+    /// unless it was spent less than `auth.refresh_reuse_grace` ago: then it answers another pair of
+    /// the same family, so that two tabs refreshing at once both stay signed in.
     pub async fn refresh(&self, refresh_token: &str) -> Result<Session, AuthError> {
         let (successor, successor_hash) = new_refresh_token();
         let at = now();
@@ -221,10 +222,17 @@ impl Auth {
                 &successor_hash,
                 self.refresh_expiry(at),
                 at,
+                self.refresh_reuse_grace,
             )
             .await?;
         match rotation {
-            Rotation::Rotated { user_id } => {
+            Rotation::Rotated { user_id } | Rotation::WithinGrace { user_id } => {
+                if matches!(rotation, Rotation::WithinGrace { .. }) {
+                    tracing::debug!(
+                        user_id,
+                        "a refresh token spent moments ago was presented again; answering another pair of its session"
+                    );
+                }
                 let user = self
                     .store
                     .user(user_id)
@@ -241,10 +249,22 @@ impl Auth {
         }
     }
 
+    /// Ends the session `refresh_token` belongs to: its whole family is revoked, not only this token.
+    /// Revoking the token alone would leave its spent predecessors able to mint a new pair within
+    /// the reuse grace, and an older tab's token would not sign the session out.
     pub async fn logout(&self, refresh_token: &str) -> Result<(), AuthError> {
         self.store
-            .revoke_refresh_token(&hash_refresh_token(refresh_token), now())
+            .revoke_refresh_family(&hash_refresh_token(refresh_token), now())
             .await?;
         Ok(())
     }
+}
+
+/// Whether `text` holds an email address: an `@` with a non-space character on each side. A public
+/// name never does (SPEC §4), since every signed-in user can search names.
+pub fn holds_email_address(text: &str) -> bool {
+    let chars: Vec<char> = text.chars().collect();
+    chars
+        .windows(3)
+        .any(|around| around[1] == '@' && !around[0].is_whitespace() && !around[2].is_whitespace())
 }

@@ -17,6 +17,8 @@ pub use secret::{Secret, mask_url_password};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/teachlyd/config.toml";
 pub const GOOGLE_JWKS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
+/// Tabs refreshing at once are milliseconds apart; anything near a minute is a replayed copy.
+const LONGEST_REFRESH_REUSE_GRACE: HumanDuration = HumanDuration::secs(60);
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
@@ -58,6 +60,9 @@ pub struct AuthConfig {
     pub google_issuers: Vec<String>,
     pub access_token_ttl: HumanDuration,
     pub refresh_token_ttl: HumanDuration,
+    /// How long a just-spent refresh token still answers a pair of its family, so that two tabs
+    /// refreshing at once do not look like a stolen token.
+    pub refresh_reuse_grace: HumanDuration,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dev_login: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -139,6 +144,7 @@ impl Default for AuthConfig {
             ],
             access_token_ttl: HumanDuration::secs(15 * 60),
             refresh_token_ttl: HumanDuration::secs(30 * 86_400),
+            refresh_reuse_grace: HumanDuration::secs(5),
             dev_login: None,
             session_secret: None,
         }
@@ -351,6 +357,16 @@ impl Config {
             return Err(invalid(
                 "auth.refresh_token_ttl",
                 "must be longer than auth.access_token_ttl",
+            ));
+        }
+        if auth.refresh_reuse_grace > LONGEST_REFRESH_REUSE_GRACE {
+            return Err(invalid(
+                "auth.refresh_reuse_grace",
+                format!(
+                    "must be at most {}s: a longer grace lets a stolen refresh token mint sessions \
+                     unnoticed (\"0s\" turns the grace off)",
+                    LONGEST_REFRESH_REUSE_GRACE.0.as_secs()
+                ),
             ));
         }
         if let Some(secret) = &auth.session_secret

@@ -201,6 +201,29 @@ fn bad_values_name_their_key() {
 }
 
 #[test]
+fn the_refresh_reuse_grace_is_at_most_a_minute() {
+    let mut config = parse("[auth]\nrefresh_reuse_grace = \"61s\"\n").unwrap();
+    match config.validate() {
+        Err(error @ ConfigError::Invalid { .. }) => {
+            let sentence = error.to_string();
+            assert!(
+                sentence.contains("auth.refresh_reuse_grace") && sentence.contains("60s"),
+                "{sentence}"
+            );
+        }
+        other => panic!("61s was accepted: {other:?}"),
+    }
+    for allowed in ["0s", "5s", "60s"] {
+        let mut config = parse(&format!("[auth]\nrefresh_reuse_grace = \"{allowed}\"\n")).unwrap();
+        assert_eq!(config.validate(), Ok(()), "{allowed}");
+    }
+    assert_eq!(
+        Config::default().auth.refresh_reuse_grace,
+        HumanDuration::secs(5)
+    );
+}
+
+#[test]
 fn login_modes_follow_the_spec() {
     let mut config = Config::default();
     assert_eq!(

@@ -9,7 +9,11 @@ use super::{
     extract::{json_body, parse_json},
     json, with_app,
 };
-use crate::{app::App, auth::Session, domain::Me};
+use crate::{
+    app::App,
+    auth::{Session, holds_email_address},
+    domain::Me,
+};
 
 const MAX_DEV_NAME_CHARS: usize = 64;
 
@@ -24,7 +28,7 @@ pub struct LoginRequest {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DevLoginRequest {
-    /// Any display name; the same name signs in as the same user.
+    /// Any display name but an email address; the same name signs in as the same user.
     pub name: String,
 }
 
@@ -108,6 +112,11 @@ async fn dev_login(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
         return Err(ApiError::invalid_field(format!(
             "name must be 1 to {MAX_DEV_NAME_CHARS} printable characters"
         )));
+    }
+    if holds_email_address(name) {
+        return Err(ApiError::invalid_field(
+            "name must not be an email address: every signed-in user can see and search it",
+        ));
     }
     let session = app.auth.login_dev(name).await?;
     Ok(session_response(&app, session))

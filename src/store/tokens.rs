@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use sqlx::types::time::OffsetDateTime;
 
 use super::{Store, StoreResult, on_pool};
@@ -21,6 +23,11 @@ pub enum Rotation {
     Rotated {
         user_id: UserId,
     },
+    /// The token was spent less than the reuse grace ago, most likely by another tab refreshing at
+    /// the same moment: a sibling successor is stored in the same family.
+    WithinGrace {
+        user_id: UserId,
+    },
     /// Nothing matches the token.
     Unknown,
     Expired,
@@ -37,7 +44,49 @@ pub struct NewRefreshToken<'a> {
     pub expires_at: OffsetDateTime,
 }
 
+/// The token that is presented, and whether any token of its family has been revoked.
+#[derive(Debug, sqlx::FromRow)]
+struct PresentedToken {
+    #[sqlx(flatten)]
+    record: RefreshTokenRecord,
+    family_revoked: bool,
+}
+
+/// What a token that could not be spent deserves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Expired,
+    WithinGrace,
+    Theft,
+}
+
+impl PresentedToken {
+    fn verdict(&self, now: OffsetDateTime, reuse_grace: Duration) -> Verdict {
+        let token = &self.record;
+        if token.revoked_at.is_some() || self.family_revoked {
+            return Verdict::Theft;
+        }
+        match token.spent_at {
+            Some(spent_at) if !reuse_grace.is_zero() && now < spent_at + reuse_grace => {
+                Verdict::WithinGrace
+            }
+            Some(_) => Verdict::Theft,
+            // Live, unspent and not revoked, yet the spend did not take it: only expiry refuses that.
+            None => Verdict::Expired,
+        }
+    }
+}
+
 const INSERT_TOKEN: &str = "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at) VALUES ($1, $2, $3, $4)";
+
+const REVOKE_FAMILY: &str =
+    "UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL";
+
+/// A family is dead once any of its tokens is revoked: every revocation covers the whole family, and
+/// a token stored while a revocation ran (PostgreSQL's READ COMMITTED lets one slip past the revoking
+/// UPDATE) must not outlive it.
+const FAMILY_REVOKED: &str = "EXISTS (SELECT 1 FROM refresh_tokens AS kin WHERE kin.family_id = refresh_tokens.family_id \
+     AND kin.revoked_at IS NOT NULL)";
 
 impl Store {
     pub async fn insert_refresh_token(&self, token: &NewRefreshToken<'_>) -> StoreResult<()> {
@@ -53,71 +102,110 @@ impl Store {
         Ok(())
     }
 
-    /// Spends the token whose hash is `old_hash` and stores `successor` in the same family, in one
-    /// transaction. A token presented twice revokes its family (someone else has a copy).
+    /// Spends the token whose hash is `old_hash` and stores `successor_hash` in the same family, in one
+    /// transaction. A token presented again within `reuse_grace` of being spent stores
+    /// `successor_hash` as a sibling instead (two tabs refreshing at once); later, or when it was
+    /// revoked, it revokes its family (someone else has a copy).
     pub async fn rotate_refresh_token(
         &self,
         old_hash: &str,
         successor_hash: &str,
         successor_expires_at: OffsetDateTime,
         now: OffsetDateTime,
+        reuse_grace: Duration,
     ) -> StoreResult<Rotation> {
+        // Spending comes first and is conditional, so that of two presentations at once exactly one
+        // spends the token (PostgreSQL makes the second wait for the first's row lock and then finds
+        // it spent; SQLite's single writer runs them one after the other), and the other is judged
+        // on what the first committed instead of on a stale read.
+        let spend = format!(
+            "UPDATE refresh_tokens SET spent_at = $2 WHERE token_hash = $1 AND spent_at IS NULL \
+             AND revoked_at IS NULL AND NOT {FAMILY_REVOKED} RETURNING family_id, user_id, expires_at"
+        );
+        let presented = format!(
+            "SELECT id, family_id, user_id, expires_at, spent_at, revoked_at, \
+             {FAMILY_REVOKED} AS family_revoked FROM refresh_tokens WHERE token_hash = $1"
+        );
+        let sibling = format!(
+            "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at) \
+             SELECT $1, family_id, user_id, $3 FROM refresh_tokens WHERE id = $2 AND NOT {FAMILY_REVOKED}"
+        );
         on_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
-            let record: Option<RefreshTokenRecord> = sqlx::query_as(
-                "SELECT id, family_id, user_id, expires_at, spent_at, revoked_at \
-                 FROM refresh_tokens WHERE token_hash = $1",
-            )
-            .bind(old_hash)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(record) = record else {
-                return Ok(Rotation::Unknown);
-            };
-            let reused = record.spent_at.is_some() || record.revoked_at.is_some();
-            let spent_now = !reused
-                && record.expires_at > now
-                && sqlx::query(
-                    "UPDATE refresh_tokens SET spent_at = $2 WHERE id = $1 AND spent_at IS NULL \
-                     AND revoked_at IS NULL",
-                )
-                .bind(record.id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                    == 1;
-            let outcome = if spent_now {
+            let spent: Option<(String, UserId, OffsetDateTime)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(spend.as_str()))
+                    .bind(old_hash)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some((family_id, user_id, expires_at)) = spent {
+                // Expiry is judged here rather than in SQL: SQLite compares timestamps as text,
+                // which misorders instants within the same second.
+                if expires_at <= now {
+                    tx.rollback().await?;
+                    return Ok(Rotation::Expired);
+                }
                 sqlx::query(INSERT_TOKEN)
                     .bind(successor_hash)
-                    .bind(&record.family_id)
-                    .bind(record.user_id)
+                    .bind(&family_id)
+                    .bind(user_id)
                     .bind(successor_expires_at)
                     .execute(&mut *tx)
                     .await?;
-                Rotation::Rotated {
-                    user_id: record.user_id,
+                tx.commit().await?;
+                return Ok(Rotation::Rotated { user_id });
+            }
+
+            let token: Option<PresentedToken> =
+                sqlx::query_as(sqlx::AssertSqlSafe(presented.as_str()))
+                    .bind(old_hash)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some(token) = token else {
+                return Ok(Rotation::Unknown);
+            };
+            let outcome = match token.verdict(now, reuse_grace) {
+                Verdict::Expired => Rotation::Expired,
+                Verdict::WithinGrace => {
+                    let stored = sqlx::query(sqlx::AssertSqlSafe(sibling.as_str()))
+                        .bind(successor_hash)
+                        .bind(token.record.id)
+                        .bind(successor_expires_at)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if stored == 1 {
+                        Rotation::WithinGrace {
+                            user_id: token.record.user_id,
+                        }
+                    } else {
+                        // The family was revoked since the read above: that revocation stands.
+                        Rotation::Reused
+                    }
                 }
-            } else if record.expires_at <= now && !reused {
-                Rotation::Expired
-            } else {
-                sqlx::query(
-                    "UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL",
-                )
-                .bind(&record.family_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                Rotation::Reused
+                Verdict::Theft => {
+                    sqlx::query(REVOKE_FAMILY)
+                        .bind(&token.record.family_id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    Rotation::Reused
+                }
             };
             tx.commit().await?;
             Ok(outcome)
         })
     }
 
-    /// Revokes one token (logout). Answers whether a live token was revoked.
-    pub async fn revoke_refresh_token(&self, hash: &str, now: OffsetDateTime) -> StoreResult<bool> {
-        let sql = "UPDATE refresh_tokens SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL";
+    /// Revokes the whole family of the token whose hash is `hash`, spent or not: the session it
+    /// belongs to ends. Answers whether anything of it was left to revoke.
+    pub async fn revoke_refresh_family(
+        &self,
+        hash: &str,
+        now: OffsetDateTime,
+    ) -> StoreResult<bool> {
+        let sql = "UPDATE refresh_tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND family_id = \
+                   (SELECT family_id FROM refresh_tokens WHERE token_hash = $1)";
         let revoked = on_pool!(self, write, |pool| {
             sqlx::query(sql)
                 .bind(hash)
@@ -126,6 +214,72 @@ impl Store {
                 .await?
                 .rows_affected()
         });
-        Ok(revoked == 1)
+        Ok(revoked > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(5);
+
+    fn presented(
+        now: OffsetDateTime,
+        spent_ago: Option<u64>,
+        revoked: bool,
+        family_revoked: bool,
+    ) -> PresentedToken {
+        PresentedToken {
+            record: RefreshTokenRecord {
+                id: 1,
+                family_id: "f".into(),
+                user_id: 7,
+                expires_at: now - Duration::from_secs(1),
+                spent_at: spent_ago.map(|secs| now - Duration::from_secs(secs)),
+                revoked_at: revoked.then_some(now),
+            },
+            family_revoked,
+        }
+    }
+
+    #[test]
+    fn a_spent_token_is_forgiven_only_within_the_grace_of_a_live_family() {
+        let now = crate::domain::now();
+        let verdict = |token: PresentedToken, grace| token.verdict(now, grace);
+        assert_eq!(
+            verdict(presented(now, Some(1), false, false), GRACE),
+            Verdict::WithinGrace
+        );
+        assert_eq!(
+            verdict(presented(now, Some(6), false, false), GRACE),
+            Verdict::Theft
+        );
+        assert_eq!(
+            verdict(presented(now, Some(5), false, false), GRACE),
+            Verdict::Theft
+        );
+        assert_eq!(
+            verdict(presented(now, Some(0), false, false), Duration::ZERO),
+            Verdict::Theft,
+            "0s is no grace at all"
+        );
+        assert_eq!(
+            verdict(presented(now, Some(1), true, true), GRACE),
+            Verdict::Theft
+        );
+        assert_eq!(
+            verdict(presented(now, Some(1), false, true), GRACE),
+            Verdict::Theft,
+            "a revoked session mints nothing"
+        );
+        assert_eq!(
+            verdict(presented(now, None, true, true), GRACE),
+            Verdict::Theft
+        );
+        assert_eq!(
+            verdict(presented(now, None, false, false), GRACE),
+            Verdict::Expired
+        );
     }
 }

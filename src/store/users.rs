@@ -9,30 +9,50 @@ const USER_COLUMNS: &str = "id, google_id, name, avatar_url, email, last_seen_at
 #[derive(Debug, Clone)]
 pub struct Identity<'a> {
     pub google_id: &'a str,
-    pub name: &'a str,
+    /// `None` keeps the name already stored; a new user without one is named `User <id>`.
+    pub name: Option<&'a str>,
     pub avatar_url: Option<&'a str>,
     pub email: Option<&'a str>,
 }
 
+/// The name of a user who gave none: their id is all that is public about them.
+fn unnamed_user(id: UserId) -> String {
+    format!("User {id}")
+}
+
 impl Store {
-    /// Creates the user on first sign-in, and refreshes name, avatar and email on every later one.
+    /// Creates the user on first sign-in, and refreshes avatar, email and (when given) name on every
+    /// later one.
     pub async fn upsert_user(&self, identity: &Identity<'_>) -> StoreResult<User> {
-        let sql = format!(
-            "INSERT INTO users (google_id, name, avatar_url, email) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (google_id) DO UPDATE SET name = excluded.name, \
+        // Without a name, a new row holds '' (no real name is blank) until its id names it, in the same
+        // transaction, so no reader ever sees the placeholder.
+        let upsert = format!(
+            "INSERT INTO users (google_id, name, avatar_url, email) VALUES ($1, COALESCE($2, ''), $3, $4) \
+             ON CONFLICT (google_id) DO UPDATE SET name = COALESCE($2, users.name), \
              avatar_url = excluded.avatar_url, email = excluded.email \
              RETURNING {USER_COLUMNS}"
         );
-        let user = on_pool!(self, write, |pool| {
-            sqlx::query_as::<_, User>(AssertSqlSafe(sql.as_str()))
+        let name_by_id =
+            format!("UPDATE users SET name = $2 WHERE id = $1 RETURNING {USER_COLUMNS}");
+        on_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            let mut user = sqlx::query_as::<_, User>(AssertSqlSafe(upsert.as_str()))
                 .bind(identity.google_id)
                 .bind(identity.name)
                 .bind(identity.avatar_url)
                 .bind(identity.email)
-                .fetch_one(pool)
-                .await?
-        });
-        Ok(user)
+                .fetch_one(&mut *tx)
+                .await?;
+            if user.name.is_empty() {
+                user = sqlx::query_as::<_, User>(AssertSqlSafe(name_by_id.as_str()))
+                    .bind(user.id)
+                    .bind(unnamed_user(user.id))
+                    .fetch_one(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(user)
+        })
     }
 
     pub async fn user(&self, id: UserId) -> StoreResult<Option<User>> {

@@ -1,13 +1,54 @@
-//! Sessions: refresh rotation, reuse detection, logout, dev login switches.
+//! Sessions: refresh rotation, reuse detection and its grace, logout, dev login switches, and the
+//! migration that takes email addresses out of public names.
+
+use std::time::Duration;
 
 use serde_json::json;
+use teachlyd::{config::HumanDuration, store::Store};
 
-use crate::common::{TestApp, session_user};
+use crate::common::{TestApp, TestDb, TestUser, session_user};
 use crate::on_both_backends;
+
+async fn refresh(app: &TestApp, refresh_token: &str) -> (u16, serde_json::Value) {
+    app.post(
+        "/auth/refresh",
+        None,
+        &json!({ "refresh_token": refresh_token }),
+    )
+    .await
+}
+
+async fn logout(app: &TestApp, refresh_token: &str) -> u16 {
+    app.http
+        .post(app.url("/auth/logout"))
+        .json(&json!({ "refresh_token": refresh_token }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Both halves of a pair work: the access token on `/users/me`, the refresh token for another pair.
+async fn assert_working_pair(app: &TestApp, pair: &TestUser, what: &str) {
+    let (status, me) = app.get("/users/me", Some(&pair.access_token)).await;
+    assert_eq!(
+        (status, me["id"].as_i64()),
+        (200, Some(pair.id)),
+        "{what}: access token"
+    );
+    let (status, body) = refresh(app, &pair.refresh_token).await;
+    assert_eq!(status, 200, "{what}: refresh token: {body}");
+}
+
+fn with_grace(grace: &str) -> impl FnOnce(&mut teachlyd::config::Config) {
+    let grace: HumanDuration = grace.parse().unwrap();
+    move |config| config.auth.refresh_reuse_grace = grace
+}
 
 on_both_backends! {
     async fn refresh_rotates_and_a_reused_token_revokes_the_family(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
+        let app = TestApp::spawn_with(backend, with_grace("0s")).await;
         let alice = app.dev_login("alice").await;
         let (status, body) = app.post("/auth/refresh", None, &json!({"refresh_token": alice.refresh_token})).await;
         assert_eq!(status, 200, "{body}");
@@ -31,6 +72,137 @@ on_both_backends! {
         let (status, body) = app.post("/auth/refresh", None, &json!({"refresh_token": "made-up"})).await;
         assert_eq!((status, body["code"].as_str()), (401, Some("invalid_token")));
         app.stop().await;
+    }
+
+    async fn two_tabs_refreshing_at_once_both_stay_signed_in(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        for trial in 0..10 {
+            let alice = app.dev_login("alice").await;
+            let (first, second) = tokio::join!(
+                refresh(&app, &alice.refresh_token),
+                refresh(&app, &alice.refresh_token),
+            );
+            assert_eq!(first.0, 200, "trial {trial}, first tab: {}", first.1);
+            assert_eq!(second.0, 200, "trial {trial}, second tab: {}", second.1);
+            let (first, second) = (session_user(&first.1), session_user(&second.1));
+            assert_ne!(first.refresh_token, second.refresh_token, "only hashes are stored: a sibling");
+            assert_working_pair(&app, &first, &format!("trial {trial}, first tab")).await;
+            assert_working_pair(&app, &second, &format!("trial {trial}, second tab")).await;
+        }
+        app.stop().await;
+    }
+
+    async fn a_spent_token_answers_within_the_grace_and_is_theft_after_it(backend: Backend) {
+        let app = TestApp::spawn_with(backend, with_grace("1s")).await;
+        let alice = app.dev_login("alice").await;
+        let (status, body) = refresh(&app, &alice.refresh_token).await;
+        assert_eq!(status, 200, "{body}");
+        let successor = session_user(&body);
+
+        let (status, body) = refresh(&app, &alice.refresh_token).await;
+        assert_eq!(status, 200, "within the grace the spent token answers a pair: {body}");
+        let sibling = session_user(&body);
+        assert_eq!(sibling.id, alice.id);
+        let (status, me) = app.get("/users/me", Some(&sibling.access_token)).await;
+        assert_eq!((status, me["id"].as_i64()), (200, Some(alice.id)));
+
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        let (status, body) = refresh(&app, &alice.refresh_token).await;
+        assert_eq!((status, body["code"].as_str()), (401, Some("token_reused")), "{body}");
+        for (what, live) in [("the successor", &successor), ("the sibling", &sibling)] {
+            let (status, body) = refresh(&app, &live.refresh_token).await;
+            assert_eq!(status, 401, "{what} was revoked with its family: {body}");
+        }
+        // Another sign-in is another family, untouched.
+        let again = app.dev_login("alice").await;
+        assert_eq!(refresh(&app, &again.refresh_token).await.0, 200);
+        app.stop().await;
+    }
+
+    async fn logout_ends_the_whole_session_even_within_the_grace(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        // Logging out with the live token: its spent predecessor mints nothing afterwards.
+        let alice = app.dev_login("alice").await;
+        let (status, body) = refresh(&app, &alice.refresh_token).await;
+        assert_eq!(status, 200, "{body}");
+        let live = session_user(&body);
+        assert_eq!(logout(&app, &live.refresh_token).await, 204);
+        let (status, body) = refresh(&app, &alice.refresh_token).await;
+        assert_eq!(status, 401, "the spent predecessor after logout: {body}");
+        assert_eq!(refresh(&app, &live.refresh_token).await.0, 401);
+
+        // Logging out with a spent token (an older tab) ends the session its successor belongs to.
+        let bob = app.dev_login("bob").await;
+        let (status, body) = refresh(&app, &bob.refresh_token).await;
+        assert_eq!(status, 200, "{body}");
+        let live = session_user(&body);
+        assert_eq!(logout(&app, &bob.refresh_token).await, 204);
+        let (status, body) = refresh(&app, &live.refresh_token).await;
+        assert_eq!(status, 401, "the successor after logout with its predecessor: {body}");
+
+        // Bob's other sign-in is another session.
+        let other = app.dev_login("bob").await;
+        assert_eq!(refresh(&app, &other.refresh_token).await.0, 200);
+        app.stop().await;
+    }
+
+    async fn dev_login_refuses_a_name_that_is_an_email_address(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        for name in ["ada@example.com", " Ada.Lovelace@Example.COM ", "bob@localhost"] {
+            let (status, body) = app.post("/auth/dev-login", None, &json!({ "name": name })).await;
+            assert_eq!((status, body["code"].as_str()), (422, Some("invalid_field")), "{name}: {body}");
+        }
+        let (status, body) = app.post("/auth/dev-login", None, &json!({ "name": "Ada @ home" })).await;
+        assert_eq!(status, 200, "not an address: {body}");
+        app.stop().await;
+    }
+
+    async fn migration_2_takes_email_addresses_out_of_names(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        let store = Store::connect(&db.url, 2).await.unwrap();
+        // Rows as the sign-in before migration 2 wrote them.
+        let rows = [
+            ("g-1", "ada@example.com", Some("ada@example.com"), true),
+            ("g-2", "ADA.KING", Some("ada.king@example.com"), true),
+            ("g-3", "Ada Lovelace", Some("ada@example.com"), false),
+            ("g-4", "grace", Some("grace.hopper@example.com"), false),
+            ("dev:bob@example.com", "bob@example.com", None, true),
+            ("dev:alice", "alice", None, false),
+            ("dev:Ada @ home", "Ada @ home", None, false),
+        ];
+        let mut ids = Vec::new();
+        macro_rules! before_migration_2 {
+            ($pool:expr, $migrator:expr) => {{
+                $migrator.run_to(1, $pool).await.expect("migration 1 applies");
+                for (google_id, name, email, _) in rows {
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO users (google_id, name, email) VALUES ($1, $2, $3) RETURNING id",
+                    )
+                    .bind(google_id)
+                    .bind(name)
+                    .bind(email)
+                    .fetch_one($pool)
+                    .await
+                    .unwrap();
+                    ids.push(id);
+                }
+            }};
+        }
+        match &store {
+            Store::Postgres(pool) => before_migration_2!(pool, sqlx::migrate!("./migrations/postgres")),
+            Store::Sqlite { writer, .. } => before_migration_2!(writer, sqlx::migrate!("./migrations/sqlite")),
+        }
+        store.migrate().await.expect("the remaining migrations apply");
+        for ((_, name, _, renamed), id) in rows.into_iter().zip(ids) {
+            let stored = store.user(id).await.unwrap().expect("the user stays").name;
+            let expected = if renamed { format!("User {id}") } else { name.to_owned() };
+            assert_eq!(stored, expected, "{name}");
+        }
+        assert!(
+            store.migration_status().await.unwrap().iter().all(|m| m.applied),
+            "every migration is applied"
+        );
+        store.close().await;
     }
 
     async fn logout_revokes_the_refresh_token(backend: Backend) {
@@ -201,6 +373,138 @@ mod google {
             }
             let (_, found) = app.get("/users?q=Mallory", Some(&app.google_observer_token(&google).await)).await;
             assert_eq!(found, json!([]), "no refused token created a user");
+            app.stop().await;
+        }
+
+        async fn a_public_name_never_holds_the_email(backend: Backend) {
+            let google = TestGoogle::start().await;
+            let app = app_with(&google, backend).await;
+            let sign_in = |sub: &str, edit: &dyn Fn(&mut Value)| {
+                let mut claims = google.claims(sub, "unused");
+                claims.as_object_mut().unwrap().remove("name");
+                claims["email"] = json!(format!("{sub}.lovelace@teachly-mail.example"));
+                edit(&mut claims);
+                let token = google.sign(&claims);
+                let app = &app;
+                async move {
+                    let (status, body) = login(app, &token).await;
+                    assert_eq!(status, 200, "{body}");
+                    (body["user"]["id"].as_i64().unwrap(), body["user"]["name"].as_str().unwrap().to_owned())
+                }
+            };
+            let (_, name) = sign_in("g-given", &|c| {
+                c["given_name"] = json!("Ada");
+                c["family_name"] = json!("Lovelace");
+            }).await;
+            assert_eq!(name, "Ada Lovelace");
+            let (_, name) = sign_in("g-family", &|c| c["family_name"] = json!("Hopper")).await;
+            assert_eq!(name, "Hopper");
+            let (id, name) = sign_in("g-none", &|_| {}).await;
+            assert_eq!(name, format!("User {id}"));
+            let (id, name) = sign_in("g-blank", &|c| c["name"] = json!("  ")).await;
+            assert_eq!(name, format!("User {id}"));
+            let (id, name) = sign_in("g-email", &|c| c["name"] = c["email"].clone()).await;
+            assert_eq!(name, format!("User {id}"), "a name that is the email is not used");
+            let (id, name) = sign_in("g-other-email", &|c| c["name"] = json!("someone@elsewhere.example")).await;
+            assert_eq!(name, format!("User {id}"), "a name that is any email address is not used");
+            let (_, name) = sign_in("g-local", &|c| {
+                c["name"] = json!("G-LOCAL.Lovelace");
+                c["given_name"] = json!("Grace");
+            }).await;
+            assert_eq!(name, "Grace", "a name that is the email's local part is not used");
+            let (id, name) = sign_in("g-local2", &|c| c["given_name"] = json!("g-local2.lovelace")).await;
+            assert_eq!(name, format!("User {id}"));
+
+            let observer = app.google_observer_token(&google).await;
+            for q in ["teachly-mail", "lovelace@", "g-none", "g-email", "someone", "g-local"] {
+                let (status, found) = app.get(&format!("/users?q={q}"), Some(&observer)).await;
+                assert_eq!((status, found), (200, json!([])), "searching {q:?}");
+            }
+
+            // A later sign-in without a usable name keeps the one stored.
+            let (id, name) = sign_in("g-keeps", &|c| c["name"] = json!("Ada King")).await;
+            assert_eq!(name, "Ada King");
+            let (again, name) = sign_in("g-keeps", &|_| {}).await;
+            assert_eq!((again, name.as_str()), (id, "Ada King"));
+            let (_, name) = sign_in("g-keeps", &|c| c["name"] = c["email"].clone()).await;
+            assert_eq!(name, "Ada King");
+            // A user named by their id takes the name a later token brings, and keeps it.
+            let (_, name) = sign_in("g-none", &|c| c["name"] = json!("Charles Babbage")).await;
+            assert_eq!(name, "Charles Babbage");
+            let (_, name) = sign_in("g-none", &|_| {}).await;
+            assert_eq!(name, "Charles Babbage");
+            app.stop().await;
+        }
+
+        async fn only_a_verified_email_is_stored(backend: Backend) {
+            let google = TestGoogle::start().await;
+            let app = app_with(&google, backend).await;
+            let email_of = |sub: &str, verified: Option<Value>| {
+                let mut claims = google.claims(sub, "Ada");
+                match verified {
+                    Some(verified) => claims["email_verified"] = verified,
+                    None => {
+                        claims.as_object_mut().unwrap().remove("email_verified");
+                    }
+                }
+                let token = google.sign(&claims);
+                let app = &app;
+                async move {
+                    let (status, body) = login(app, &token).await;
+                    assert_eq!(status, 200, "{body}");
+                    let access = body["access_token"].as_str().unwrap();
+                    let (status, me) = app.get("/users/me", Some(access)).await;
+                    assert_eq!(status, 200, "{me}");
+                    me["email"].clone()
+                }
+            };
+            assert_eq!(email_of("g-1", Some(json!(false))).await, Value::Null);
+            assert_eq!(email_of("g-2", Some(json!("false"))).await, Value::Null);
+            assert_eq!(email_of("g-3", None).await, Value::Null, "unverified unless Google says so");
+            assert_eq!(email_of("g-4", Some(json!(true))).await, json!("g-4@example.com"));
+            assert_eq!(email_of("g-5", Some(json!("true"))).await, json!("g-5@example.com"));
+            // A verified address that later comes unverified is no longer kept.
+            assert_eq!(email_of("g-4", Some(json!(false))).await, Value::Null);
+            app.stop().await;
+        }
+
+        async fn iat_is_required_and_several_audiences_need_azp(backend: Backend) {
+            let google = TestGoogle::start().await;
+            let app = app_with(&google, backend).await;
+            let token = |edit: &dyn Fn(&mut Value)| {
+                let mut claims = google.claims("g-1", "Ada");
+                edit(&mut claims);
+                google.sign(&claims)
+            };
+            let other = "someone-else.apps.googleusercontent.com";
+            let refused = [
+                ("no iat", token(&|c| { c.as_object_mut().unwrap().remove("iat"); })),
+                ("several audiences, no azp", token(&|c| c["aud"] = json!([CLIENT_ID, other]))),
+                ("several audiences, azp someone else", token(&|c| {
+                    c["aud"] = json!([CLIENT_ID, other]);
+                    c["azp"] = json!(other);
+                })),
+                ("azp ours, aud not ours", token(&|c| {
+                    c["aud"] = json!([other, "third.apps.googleusercontent.com"]);
+                    c["azp"] = json!(CLIENT_ID);
+                })),
+            ];
+            for (what, token) in refused {
+                let (status, body) = login(&app, &token).await;
+                assert_eq!((status, body["code"].as_str()), (401, Some("invalid_token")), "{what}: {body}");
+            }
+            let accepted = [
+                ("several audiences, azp ours", token(&|c| {
+                    c["aud"] = json!([other, CLIENT_ID]);
+                    c["azp"] = json!(CLIENT_ID);
+                })),
+                ("one audience in an array", token(&|c| c["aud"] = json!([CLIENT_ID]))),
+                ("one audience, azp someone else", token(&|c| c["azp"] = json!(other))),
+            ];
+            for (what, token) in accepted {
+                let (status, body) = login(&app, &token).await;
+                assert_eq!(status, 200, "{what}: {body}");
+            }
             app.stop().await;
         }
 

@@ -119,6 +119,7 @@ impl TestGoogle {
             "name": name,
             "picture": format!("https://example.com/{sub}.png"),
             "email": format!("{sub}@example.com"),
+            "email_verified": true,
             "iat": now(),
             "exp": now() + 3600,
         })
