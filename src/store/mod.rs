@@ -84,18 +84,21 @@ fn is_transient(error: &dyn sqlx::error::DatabaseError) -> bool {
     let Some(code) = error.code() else {
         return false;
     };
-    match code.parse::<i32>() {
-        // SQLite result codes; the low byte is the primary code: BUSY, LOCKED, IOERR, FULL, CANTOPEN.
-        Ok(code) => matches!(code & 0xff, 5 | 6 | 10 | 13 | 14),
-        // PostgreSQL SQLSTATE: connection exceptions, insufficient resources, operator intervention
-        // (57014 is a statement_timeout), lock_not_available, serialization failure, deadlock.
-        Err(_) => {
-            code.starts_with("08")
-                || code.starts_with("53")
-                || code.starts_with("57")
-                || matches!(code.as_ref(), "55P03" | "40001" | "40P01")
-        }
+    if error
+        .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .is_some()
+    {
+        // The low byte of a result code is the primary code: BUSY, LOCKED, IOERR, FULL, CANTOPEN.
+        return code
+            .parse::<i32>()
+            .is_ok_and(|code| matches!(code & 0xff, 5 | 6 | 10 | 13 | 14));
     }
+    // PostgreSQL's SQLSTATE: connection exceptions, insufficient resources, operator intervention
+    // (57014 is a statement_timeout), lock_not_available, serialization failure, deadlock.
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57")
+        || matches!(code.as_ref(), "55P03" | "40001" | "40P01")
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -54,6 +54,8 @@ type BacklogPage = Pin<Box<dyn Future<Output = Result<Vec<Message>, ChatError>> 
 /// Why the socket's loop ended.
 enum Ending {
     Close(CloseCode),
+    /// The client sent a close frame: the reply tungstenite queued still has to go out.
+    ClientClosed,
     ClientLeft,
     Silent,
     WriteFailed,
@@ -98,6 +100,9 @@ pub async fn run(app: Arc<App>, user: UserId, socket: WebSocket) {
             // What the client already sent is answered before the close frame (SPEC §5 "Faults").
             socket.answer_in_flight().await;
             let _ = close(&mut socket.sink, code, code.reason()).await;
+        }
+        Ending::ClientClosed => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.sink.close()).await;
         }
         Ending::ClientLeft | Ending::WriteFailed => {}
         Ending::Silent => tracing::debug!(user, connection, "dropping a silent socket"),
@@ -165,7 +170,8 @@ impl Socket {
                 incoming = stream.next(), if self.in_flight.len() < MAX_IN_FLIGHT => {
                     last_heard = Instant::now();
                     match incoming {
-                        Some(Ok(WsMessage::Close(_))) | None => return Ending::ClientLeft,
+                        Some(Ok(WsMessage::Close(_))) => return Ending::ClientClosed,
+                        None => return Ending::ClientLeft,
                         Some(Ok(frame)) => {
                             if let Some(code) = self.on_frame(frame).await {
                                 return Ending::Close(code);

@@ -159,7 +159,7 @@ on_both_backends! {
 
     async fn migration_2_takes_email_addresses_out_of_names(backend: Backend) {
         let db = TestDb::create(backend).await;
-        let store = Store::connect(&db.url, 2).await.unwrap();
+        let store = Store::connect(&db.url, 2, std::time::Duration::from_secs(5)).await.unwrap();
         // Rows as the sign-in before migration 2 wrote them.
         let rows = [
             ("g-1", "ada@example.com", Some("ada@example.com"), true),

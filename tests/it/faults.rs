@@ -304,7 +304,8 @@ on_both_backends! {
         let mut sockets = Vec::new();
         for _ in 0..2 {
             let mut ws = app.connect(&bob).await;
-            ws.ping_pong().await;
+            ws.send_json(&json!({"event": "ping"})).await;
+            ws.until("pong").await;
             sockets.push(ws);
         }
         app.stop().await;

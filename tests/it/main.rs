@@ -12,3 +12,4 @@ mod docs;
 mod faults;
 mod rest;
 mod socket;
+mod store;

@@ -6,7 +6,7 @@ use futures_util::FutureExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::{TestApp, WsClient};
+use crate::common::{RawSocket, TestApp, WsClient};
 use crate::on_both_backends;
 
 on_both_backends! {
@@ -115,6 +115,31 @@ on_both_backends! {
             .get(&format!("/conversations/{}/messages", bob.id), Some(&alice.access_token))
             .await;
         assert_eq!(history["messages"].as_array().unwrap().len(), 1, "no refused frame stored anything");
+        app.stop().await;
+    }
+
+    async fn broken_frames_close_with_1007_or_1002_and_a_close_frame(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let alice = app.dev_login("alice").await;
+        let cases: [(&str, u8, &[u8], bool, u16); 6] = [
+            ("a text frame that is not UTF-8", 0x81, &[b'{', 0xff, 0xfe, b'}'], true, 1007),
+            ("a reserved bit set", 0xc1, b"{}", true, 1002),
+            ("an unmasked client frame", 0x81, b"{}", false, 1002),
+            ("a reserved opcode", 0x83, b"{}", true, 1002),
+            ("a fragmented ping", 0x09, b"", true, 1002),
+            ("a continuation with nothing to continue", 0x80, b"{}", true, 1002),
+        ];
+        for (what, first, payload, masked, code) in cases {
+            let mut socket = RawSocket::connect(app.addr, &alice.access_token).await;
+            socket.send_frame(first, payload, masked).await;
+            assert_eq!(socket.close_code().await, Some(code), "{what}");
+            crate::common::eventually("the socket is released", || async { app.open_sockets(&alice) == 0 }).await;
+        }
+        // A well-formed frame on the same kind of socket is answered.
+        let mut socket = RawSocket::connect(app.addr, &alice.access_token).await;
+        socket.send_frame(0x81, br#"{"event":"ping"}"#, true).await;
+        socket.send_frame(0x88, &1000u16.to_be_bytes(), true).await;
+        assert_eq!(socket.close_code().await, Some(1000), "a clean close is echoed");
         app.stop().await;
     }
 
@@ -230,8 +255,12 @@ on_both_backends! {
         for socket in &mut sockets {
             socket.ping_pong().await;
         }
+        // Presence is announced in the background; once that is done nothing holds a connection.
+        crate::common::eventually("no connection is lent out to 200 idle sockets", || async {
+            app.pool_usage().in_use == 0
+        })
+        .await;
         let usage = app.pool_usage();
-        assert_eq!(usage.in_use, 0, "200 idle sockets, no connection lent out: {usage:?}");
         assert!(
             usage.open <= app.config.database.max_connections as usize + 1,
             "the pool does not grow with sockets: {usage:?}"

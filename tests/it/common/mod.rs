@@ -15,7 +15,7 @@ use teachlyd::{
 use tokio::net::TcpListener;
 
 pub use db::{Backend, TestDb};
-pub use ws::WsClient;
+pub use ws::{RawSocket, WsClient};
 
 /// Runs each listed test once on SQLite and once on PostgreSQL.
 #[macro_export]

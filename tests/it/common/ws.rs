@@ -248,3 +248,109 @@ impl WsClient {
         let _ = self.stream.close(None).await;
     }
 }
+
+/// A WebSocket spoken byte by byte, to send what no client library would: broken frames.
+pub struct RawSocket {
+    tcp: tokio::net::TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl RawSocket {
+    /// Opens `/ws` on `addr` with a hand-written handshake.
+    pub async fn connect(addr: std::net::SocketAddr, token: &str) -> Self {
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Authorization: Bearer {token}\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut socket = Self {
+            tcp,
+            buffer: Vec::new(),
+        };
+        while !socket.buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+            assert!(
+                socket.fill().await,
+                "the server hung up during the handshake"
+            );
+        }
+        let end = socket
+            .buffer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap()
+            + 4;
+        let head = String::from_utf8_lossy(&socket.buffer[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        socket.buffer.drain(..end);
+        socket
+    }
+
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(WAIT, self.tcp.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => false,
+            Ok(Ok(n)) => {
+                self.buffer.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(_) => panic!("the server sent nothing within {WAIT:?}"),
+        }
+    }
+
+    /// Writes one frame: `first` is the FIN/RSV/opcode byte; `masked` as a client must.
+    pub async fn send_frame(&mut self, first: u8, payload: &[u8], masked: bool) {
+        use tokio::io::AsyncWriteExt;
+        assert!(payload.len() < 126, "short frames only");
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![first, payload.len() as u8 | if masked { 0x80 } else { 0 }];
+        if masked {
+            frame.extend_from_slice(&key);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            frame.extend_from_slice(payload);
+        }
+        self.tcp.write_all(&frame).await.unwrap();
+    }
+
+    /// Reads the server's frames until its close frame and answers the code in it; `None` if the
+    /// connection ended without one.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            while self.buffer.len() < 2 {
+                if !self.fill().await {
+                    return None;
+                }
+            }
+            let (header, length) = match self.buffer[1] & 0x7f {
+                126 => {
+                    while self.buffer.len() < 4 {
+                        if !self.fill().await {
+                            return None;
+                        }
+                    }
+                    (
+                        4,
+                        u16::from_be_bytes([self.buffer[2], self.buffer[3]]) as usize,
+                    )
+                }
+                127 => panic!("the server sent a huge frame"),
+                short => (2, short as usize),
+            };
+            while self.buffer.len() < header + length {
+                if !self.fill().await {
+                    return None;
+                }
+            }
+            let opcode = self.buffer[0] & 0x0f;
+            let payload: Vec<u8> = self.buffer[header..header + length].to_vec();
+            self.buffer.drain(..header + length);
+            if opcode == 0x8 {
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+    }
+}

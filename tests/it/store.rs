@@ -1,0 +1,113 @@
+//! The `Store` API on its own, on both databases: what the message path relies on from it.
+
+use std::time::Duration;
+
+use teachlyd::{
+    domain::{NewMessage, now},
+    store::{Identity, Store},
+};
+
+use crate::common::TestDb;
+use crate::on_both_backends;
+
+async fn open(db: &TestDb) -> Store {
+    let store = Store::connect(&db.url, 2, Duration::from_millis(500))
+        .await
+        .expect("the store opens");
+    store.migrate().await.expect("migrations apply");
+    store
+}
+
+async fn user(store: &Store, name: &str) -> i64 {
+    let google_id = format!("dev:{name}");
+    let identity = Identity {
+        google_id: &google_id,
+        name: Some(name),
+        avatar_url: None,
+        email: None,
+    };
+    store.upsert_user(&identity).await.unwrap().id
+}
+
+fn message(from: i64, to: i64, text: &str, client_id: Option<&str>) -> NewMessage {
+    NewMessage {
+        from_id: from,
+        to_id: to,
+        content: text.into(),
+        client_id: client_id.map(str::to_owned),
+        timestamp: now(),
+    }
+}
+
+on_both_backends! {
+    async fn a_repeated_client_id_is_an_outcome_not_an_error(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        let store = open(&db).await;
+        let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
+        let first = store.insert_messages(&[message(alice, bob, "one", Some("k"))]).await.unwrap();
+        assert!(first[0].is_some());
+        let batch = [
+            message(alice, bob, "one again", Some("k")),
+            message(alice, bob, "two", Some("k2")),
+            message(bob, alice, "three", Some("k")),
+        ];
+        let ids = store.insert_messages(&batch).await.unwrap();
+        assert_eq!(ids[0], None, "alice's k is already stored");
+        assert!(ids[1].is_some() && ids[2].is_some(), "the rest of the batch is stored: {ids:?}");
+        let stored = store.message_by_client_id(alice, "k").await.unwrap().unwrap();
+        assert_eq!((stored.id, stored.content.as_str()), (first[0].unwrap(), "one"));
+        store.close().await;
+    }
+
+    async fn a_row_that_breaks_a_constraint_fails_its_whole_call(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        let store = open(&db).await;
+        let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
+        let batch = [message(alice, bob, "fine", None), message(alice, 987_654, "to nobody", None)];
+        let error = store.insert_messages(&batch).await.unwrap_err();
+        assert!(!error.is_unavailable(), "a constraint is about a row, not the database: {error}");
+        assert!(store.undelivered(bob, 0, 10).await.unwrap().is_empty(), "nothing of the call is stored");
+        store.close().await;
+    }
+
+    async fn seeing_a_message_delivers_it_once(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        let store = open(&db).await;
+        let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
+        let batch: Vec<_> = (0..3).map(|n| message(alice, bob, &format!("m{n}"), None)).collect();
+        let ids: Vec<i64> = store.insert_messages(&batch).await.unwrap().into_iter().map(Option::unwrap).collect();
+        assert_eq!(store.mark_delivered(&[ids[0]], now()).await.unwrap().len(), 1);
+
+        let seen = store.mark_seen(bob, ids[1], now()).await.unwrap().expect("bob's message");
+        assert!(seen.delivered_now, "seen before it was delivered");
+        assert_eq!(store.mark_seen(bob, ids[1], now()).await.unwrap(), None, "seen once");
+        assert_eq!(store.mark_seen(alice, ids[2], now()).await.unwrap(), None, "only the recipient");
+
+        let seen = store.mark_seen_up_to(bob, alice, ids[2], now()).await.unwrap();
+        let delivered_now: Vec<(i64, bool)> = seen.iter().map(|s| (s.receipt.id, s.delivered_now)).collect();
+        assert_eq!(delivered_now, [(ids[0], false), (ids[2], true)], "ids[1] was seen already");
+        assert!(store.mark_delivered(&ids, now()).await.unwrap().is_empty(), "nothing is delivered twice");
+        assert!(store.undelivered(bob, 0, 10).await.unwrap().is_empty());
+        for id in ids {
+            let message = store.message(id).await.unwrap().unwrap();
+            assert!(message.delivered_at.is_some() && message.seen_at.is_some(), "{message:?}");
+            assert!(message.delivered_at <= message.seen_at);
+        }
+        store.close().await;
+    }
+
+    async fn a_locked_database_is_unavailable_not_a_failed_row(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        let store = open(&db).await;
+        let lane = store.lane(Duration::from_millis(500)).await.unwrap();
+        let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
+        let lock = db.lock_writes().await;
+        let started = std::time::Instant::now();
+        let error = lane.insert_messages(&[message(alice, bob, "held", None)]).await.unwrap_err();
+        assert!(error.is_unavailable(), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(3), "the database cancelled it: {:?}", started.elapsed());
+        lock.close().await;
+        assert!(lane.insert_messages(&[message(alice, bob, "after", None)]).await.unwrap()[0].is_some());
+        store.close().await;
+    }
+}
