@@ -72,6 +72,7 @@ impl Daemon {
         let collected = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let line = without_colours(&line);
                 if line.contains("teachlyd is serving")
                     && let Some(addr) = line.split("addr=").nth(1)
                 {
@@ -138,6 +139,20 @@ impl Daemon {
         let log = log.lock().unwrap().clone();
         (status.expect("the daemon ends"), started.elapsed(), log)
     }
+}
+
+/// `line` without ANSI colour sequences (`ESC [ … m`).
+fn without_colours(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }
 
 on_both_backends! {
