@@ -8,5 +8,6 @@ mod chat;
 mod cli;
 mod content;
 mod docs;
+mod openapi;
 mod rest;
 mod socket;
