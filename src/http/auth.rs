@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use warp::{Filter, Rejection, Reply, http::StatusCode, reply::Response};
 
 use super::{
-    error::{ApiError, respond},
+    error::{ApiError, DatabaseTrouble, ErrorBody, ForeignOrigin, UnreadableBody, respond},
     extract::{json_body, parse_json},
     json, with_app,
 };
@@ -20,7 +20,7 @@ const MAX_DEV_NAME_CHARS: usize = 64;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    /// The Google ID token from Google Identity Services (`token` is accepted too).
+    /// The Google ID token (a JWT) from Google Identity Services (`token` is accepted too).
     #[serde(alias = "token")]
     pub id_token: String,
 }
@@ -28,22 +28,35 @@ pub struct LoginRequest {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DevLoginRequest {
-    /// Any display name but an email address; the same name signs in as the same user.
+    /// Any display name but an email address; the same name signs in as the same user. 1 to 64
+    /// characters, no control characters, not only whitespace, no `@` between two non-space
+    /// characters; surrounding whitespace is trimmed.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^(?![\s\S]*[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]@[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000])[^\u0000-\u001F\u007F-\u009F]*[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
+    /// The refresh token of the latest sign-in or refresh. Any string is read: one that is not a
+    /// live token is refused by `/auth/refresh` and ignored by `/auth/logout`.
     pub refresh_token: String,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct SessionResponse {
     pub user: Me,
+    /// For `Authorization: Bearer`; it expires after `expires_in` seconds.
     pub access_token: String,
+    /// Spend it at `/auth/refresh` for a new pair; it can be spent once.
+    #[schema(pattern = r"^[A-Za-z0-9_-]{43}$")]
     pub refresh_token: String,
     /// Always `bearer`.
+    #[schema(value_type = String, pattern = "^bearer$")]
     pub token_type: &'static str,
     /// Seconds until the access token expires.
     pub expires_in: u64,
@@ -93,12 +106,30 @@ fn session_response(app: &App, session: Session) -> Response {
     )
 }
 
+#[utoipa::path(post, path = "/auth/login", tag = "auth", operation_id = "login",
+    request_body = LoginRequest,
+    responses(
+        UnreadableBody, DatabaseTrouble, ForeignOrigin,
+        (status = 200, description = "Signed in; the user is created on first sign-in", body = SessionResponse),
+        (status = 401, description = "`invalid_token`: the ID token's signature, audience, issuer or times are wrong", body = ErrorBody),
+        (status = 404, description = "`not_found`: Google sign-in is not configured on this server", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: `id_token` is missing, not a string, or next to an unknown field", body = ErrorBody),
+        (status = 503, description = "`auth_unavailable`: Google's keys could not be fetched; `unavailable`: the database did not answer", body = ErrorBody)))]
 async fn login(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
     let request: LoginRequest = parse_json(&body)?;
     let session = app.auth.login_google(&request.id_token).await?;
     Ok(session_response(&app, session))
 }
 
+#[utoipa::path(post, path = "/auth/dev-login", tag = "auth", operation_id = "dev_login",
+    description = "Signs in by name alone, without Google: only on a server with dev login on \
+                   (`auth.dev_login`, or no Google client ids and a loopback `server.listen`).",
+    request_body = DevLoginRequest,
+    responses(
+        UnreadableBody, DatabaseTrouble, ForeignOrigin,
+        (status = 200, description = "Signed in as that name; the user is created on first sign-in", body = SessionResponse),
+        (status = 404, description = "`not_found`: dev login is off on this server", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: the name breaks its rules, or the body has a missing, mistyped or unknown field", body = ErrorBody)))]
 async fn dev_login(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
     if !app.auth.dev_login_enabled() {
         return Err(ApiError::not_found(
@@ -106,9 +137,13 @@ async fn dev_login(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
         ));
     }
     let request: DevLoginRequest = parse_json(&body)?;
-    let name = request.name.trim();
-    let length = name.chars().count();
-    if length == 0 || length > MAX_DEV_NAME_CHARS || name.chars().any(char::is_control) {
+    // Judged before trimming, so the rule is the one the OpenAPI document can state.
+    let raw = &request.name;
+    let name = raw.trim();
+    if name.is_empty()
+        || raw.chars().count() > MAX_DEV_NAME_CHARS
+        || raw.chars().any(char::is_control)
+    {
         return Err(ApiError::invalid_field(format!(
             "name must be 1 to {MAX_DEV_NAME_CHARS} printable characters"
         )));
@@ -122,12 +157,26 @@ async fn dev_login(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
     Ok(session_response(&app, session))
 }
 
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", operation_id = "refresh",
+    request_body = RefreshRequest,
+    responses(
+        UnreadableBody, DatabaseTrouble, ForeignOrigin,
+        (status = 200, description = "A new pair; the presented refresh token is spent", body = SessionResponse),
+        (status = 401, description = "`invalid_token` (unknown), `token_expired`, or `token_reused`: already spent, \
+                                      which revokes every session of that sign-in", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: `refresh_token` is missing, not a string, or next to an unknown field", body = ErrorBody)))]
 async fn refresh(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
     let request: RefreshRequest = parse_json(&body)?;
     let session = app.auth.refresh(&request.refresh_token).await?;
     Ok(session_response(&app, session))
 }
 
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", operation_id = "logout",
+    request_body = RefreshRequest,
+    responses(
+        UnreadableBody, DatabaseTrouble, ForeignOrigin,
+        (status = 204, description = "The refresh token is revoked (an unknown one changes nothing)"),
+        (status = 422, description = "`invalid_field`: `refresh_token` is missing, not a string, or next to an unknown field", body = ErrorBody)))]
 async fn logout(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
     let request: RefreshRequest = parse_json(&body)?;
     app.auth.logout(&request.refresh_token).await?;

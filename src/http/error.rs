@@ -1,6 +1,17 @@
-//! Every HTTP error is `{"detail": "<sentence>", "code": "<snake_case>"}` with the right status.
+//! Every HTTP error is `{"detail": "<sentence>", "code": "<snake_case>"}` with the right status, and
+//! the answers many operations share are documented here once, for the handlers' `responses(...)`.
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
+use utoipa::{
+    IntoResponses,
+    openapi::{
+        Content, Ref, RefOr, Response as ApiResponse, ResponseBuilder,
+        header::HeaderBuilder,
+        schema::{ObjectBuilder, Type},
+    },
+};
 use warp::{
     http::{HeaderValue, StatusCode, header},
     reply::{Reply, Response},
@@ -118,4 +129,114 @@ impl From<ChatError> for ApiError {
 /// Handlers answer `Result<Response, ApiError>`; this folds the error into a response.
 pub fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(Reply::into_response)
+}
+
+// The shared answers below go first in a handler's `responses(...)`: a status the handler then
+// documents itself replaces the shared description with its own.
+
+/// A documented answer whose body is an `ErrorBody`.
+fn error_response(description: &str) -> ApiResponse {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+        )
+        .build()
+}
+
+fn answers<const N: usize>(
+    responses: [(u16, ApiResponse); N],
+) -> BTreeMap<String, RefOr<ApiResponse>> {
+    responses
+        .into_iter()
+        .map(|(status, response)| (status.to_string(), RefOr::T(response)))
+        .collect()
+}
+
+/// What any route that reads the database may answer, whatever the request.
+pub struct DatabaseTrouble;
+
+impl IntoResponses for DatabaseTrouble {
+    fn responses() -> BTreeMap<String, RefOr<ApiResponse>> {
+        answers([
+            (
+                500,
+                error_response("`internal`: an unexpected database error; try again"),
+            ),
+            (
+                503,
+                error_response(
+                    "`unavailable`: the database did not answer (in time); try again shortly",
+                ),
+            ),
+        ])
+    }
+}
+
+/// CORS refuses a browser origin before any route sees the request.
+pub struct ForeignOrigin;
+
+impl IntoResponses for ForeignOrigin {
+    fn responses() -> BTreeMap<String, RefOr<ApiResponse>> {
+        answers([(
+            403,
+            error_response(
+                "`forbidden_origin`: the request's `Origin` is not in `server.cors_origins` \
+                 (only when that list is set)",
+            ),
+        )])
+    }
+}
+
+/// A route that needs `Authorization: Bearer <access token>`.
+pub struct SignInRequired;
+
+impl IntoResponses for SignInRequired {
+    fn responses() -> BTreeMap<String, RefOr<ApiResponse>> {
+        let challenge = HeaderBuilder::new()
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["Bearer"])),
+            ))
+            .description(Some("Always `Bearer`"))
+            .build();
+        let mut response = error_response(
+            "`not_authenticated` (no token), `invalid_token` (malformed, forged, or its user no \
+             longer exists) or `token_expired`: sign in or refresh, then retry",
+        );
+        response
+            .headers
+            .insert("WWW-Authenticate".to_owned(), challenge.into());
+        answers([(401, response)])
+    }
+}
+
+/// How a route with a JSON body refuses one it cannot read. Field-level refusals (422) differ per
+/// route and are documented with it.
+pub struct UnreadableBody;
+
+impl IntoResponses for UnreadableBody {
+    fn responses() -> BTreeMap<String, RefOr<ApiResponse>> {
+        answers([
+            (
+                400,
+                error_response(
+                    "`invalid_json`: the body is not JSON; `bad_request`: it could not be read",
+                ),
+            ),
+            (
+                411,
+                error_response("`length_required`: send the body with a `Content-Length` header"),
+            ),
+            (
+                413,
+                error_response(&format!(
+                    "`payload_too_large`: the body is larger than {} KiB",
+                    super::extract::MAX_BODY_BYTES / 1024
+                )),
+            ),
+        ])
+    }
 }

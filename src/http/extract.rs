@@ -63,8 +63,8 @@ pub fn query_number(
     let Some(raw) = query.get(name) else {
         return Ok(None);
     };
-    match raw.trim().parse::<i64>() {
-        Ok(value) if (min..=max).contains(&value) => Ok(Some(value)),
+    match whole_number(raw) {
+        Some(value) if (min..=max).contains(&value) => Ok(Some(value)),
         _ => Err(ApiError::invalid_field(format!(
             "{name} must be a whole number from {min} to {max}"
         ))),
@@ -73,12 +73,22 @@ pub fn query_number(
 
 /// A user or message id from the path.
 pub fn path_id(raw: &str, what: &str) -> Result<i64, ApiError> {
-    match raw.parse::<i64>() {
-        Ok(id) if id > 0 => Ok(id),
+    match whole_number(raw) {
+        Some(id) if id > 0 => Ok(id),
         _ => Err(ApiError::invalid_field(format!(
             "{what} must be a positive whole number"
         ))),
     }
+}
+
+/// A JSON-style integer: digits with an optional minus sign. `str::parse` also takes a leading `+`,
+/// which the OpenAPI document's `integer` does not: what is accepted here is exactly what it allows.
+fn whole_number(raw: &str) -> Option<i64> {
+    let digits = raw.strip_prefix('-').unwrap_or(raw);
+    if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse().ok()
 }
 
 /// The token of `Authorization: Bearer <token>`.

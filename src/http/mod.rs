@@ -1,7 +1,9 @@
-//! The HTTP transport: warp filters per route group, one `recover` that turns warp's own rejections
-//! into the `{"detail", "code"}` shape, and CORS around the whole (after `recover`, so errors keep
-//! their CORS headers).
+//! The HTTP transport: warp filters per route group, a last filter that answers a known path's wrong
+//! method with 405 and `Allow`, one `recover` that turns warp's own rejections into the
+//! `{"detail", "code"}` shape, and CORS around the whole (after `recover`, so errors keep their CORS
+//! headers).
 
+pub mod allow;
 mod auth;
 mod conversations;
 pub mod docs;
@@ -24,6 +26,8 @@ use crate::app::App;
 use error::ApiError;
 
 pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
+    let document = docs::document(&app.config);
+    let methods = Arc::new(allow::Methods::new(&document, &docs::PAGES));
     let api = health::routes(Arc::clone(&app))
         .or(auth::routes(Arc::clone(&app)))
         .unify()
@@ -33,7 +37,9 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(crate::ws::routes(Arc::clone(&app)))
         .unify()
-        .or(docs::routes())
+        .or(docs::routes(document))
+        .unify()
+        .or(allow::wrong_method(methods))
         .unify();
     let logged = api
         .recover(recover)
@@ -103,6 +109,9 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
             "send a Content-Length header with the body",
         )
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        // `allow::wrong_method` answers every documented path; this one is missing from the
+        // OpenAPI document, so its 405 cannot say which methods it takes.
+        tracing::error!("a route refused a method but is not documented, so its 405 has no Allow");
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",

@@ -56,6 +56,41 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         .then(upgrade)
 }
 
+#[utoipa::path(get, path = "/ws/chat/{user_id}", tag = "websocket", operation_id = "open_socket_as",
+    description = "Upgrades to a WebSocket of JSON text frames (RFC 6455); `/ws` is the same socket \
+                   without the id. The token comes as `Authorization: Bearer` or, for browsers, \
+                   `?access_token=`. Client → server: `message {to, message, client_id?}`, \
+                   `message_seen {message_id}`, `typing {to}`, `ping`. Server → client: \
+                   `user_connected {user_id}`, `user_disconnected {user_id, last_seen_at}`, \
+                   `message_sent {message}` (after commit), `new_message {message}`, \
+                   `message_delivered {message_id, delivered_at}`, `message_seen {message_id, seen_at}`, \
+                   `typing {from}`, `pong`, `error {code, detail, client_id?}`. Close codes: 1001 \
+                   shutdown, 1002 protocol error, 1007 text that is not UTF-8, 1008 refused frames \
+                   sent regardless, 1009 frame too large, 1011 backlog unreadable, 1013 too slow \
+                   (reconnect to get what was missed).",
+    security(("bearer" = []), ("access_token" = [])),
+    params(
+        ("user_id" = i64, Path, minimum = 1, description = "The caller's own id"),
+        ("Connection" = String, Header,
+            pattern = r"^(?:[\t\u0020-\u002B\u002D-\u007E]*,)*[\t ]*[Uu][Pp][Gg][Rr][Aa][Dd][Ee][\t ]*(?:,[\t\u0020-\u002B\u002D-\u007E]*)*$",
+            description = "A list that holds `Upgrade` (any case)"),
+        ("Upgrade" = String, Header,
+            pattern = r"^(?:[\t\u0020-\u002B\u002D-\u007E]*,)*[\t ]*[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt][\t ]*(?:,[\t\u0020-\u002B\u002D-\u007E]*)*$",
+            description = "A list that holds `websocket` (any case)"),
+        ("Sec-WebSocket-Version" = String, Header, pattern = "^13$", description = "Only version 13"),
+        ("Sec-WebSocket-Key" = String, Header,
+            description = "The client's nonce (RFC 6455: 16 random bytes in base64); the answer's \
+                           `Sec-WebSocket-Accept` is derived from it")),
+    responses(
+        crate::http::error::SignInRequired, crate::http::error::DatabaseTrouble,
+        (status = 101, description = "Switching protocols: the connection is a WebSocket from here on",
+            headers(("Sec-WebSocket-Accept" = String, description = "Derived from `Sec-WebSocket-Key`"))),
+        (status = 400, description = "`not_a_websocket`: not a WebSocket version 13 handshake over HTTP/1.1", body = crate::http::error::ErrorBody),
+        (status = 403, description = "`forbidden`: `user_id` is not the token's user (`/ws/chat/{user_id}` \
+            only); `forbidden_origin`: \
+            the `Origin` is not in `server.cors_origins` (when that list is set)", body = crate::http::error::ErrorBody),
+        (status = 429, description = "`too_many_connections`: the user holds `limits.max_connections_per_user` \
+            sockets (default 5) already", body = crate::http::error::ErrorBody)))]
 async fn upgrade(
     path_user: Option<String>,
     headers: HeaderMap,

@@ -58,6 +58,102 @@ async fn the_openapi_document_covers_every_route() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn errors_and_constraints_are_in_the_document() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let (_, spec) = app.get("/openapi.json", None).await;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = operation["responses"].as_object().unwrap();
+            for (status, response) in responses {
+                let readiness = path == "/ready";
+                if status.as_str() >= "400" && !readiness {
+                    assert_eq!(
+                        response["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{method} {path} {status} is an ErrorBody"
+                    );
+                }
+            }
+            if operation.get("security").is_some() {
+                assert!(
+                    responses["401"]["headers"]["WWW-Authenticate"].is_object(),
+                    "{method} {path} documents its 401 and challenge"
+                );
+            }
+            if path != "/health" && path != "/ready" {
+                for status in ["500", "503"] {
+                    assert!(
+                        responses.contains_key(status),
+                        "{method} {path} answers {status}"
+                    );
+                }
+            }
+        }
+    }
+    let parameter = |path: &str, method: &str, name: &str| {
+        spec["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|parameter| parameter["name"] == name)
+            .unwrap_or_else(|| panic!("{method} {path} takes {name}"))["schema"]
+            .clone()
+    };
+    for path in ["/users", "/conversations/{peer_id}/messages"] {
+        let limit = parameter(path, "get", "limit");
+        assert_eq!(
+            (&limit["minimum"], &limit["maximum"]),
+            (&1.into(), &100.into()),
+            "{path}"
+        );
+    }
+    let id = parameter("/users/{id}", "get", "id");
+    assert_eq!(
+        (&id["minimum"], &id["format"]),
+        (&1.into(), &"int64".into())
+    );
+    let schemas = &spec["components"]["schemas"];
+    let name = &schemas["DevLoginRequest"]["properties"]["name"];
+    assert_eq!(
+        (&name["minLength"], &name["maxLength"]),
+        (&1.into(), &64.into())
+    );
+    let text = &schemas["SendRequest"]["properties"]["message"];
+    assert!(
+        text["pattern"].as_str().unwrap().contains("{0,998}"),
+        "{text}"
+    );
+    assert!(
+        text["description"].as_str().unwrap().contains("1000"),
+        "{text}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_message_length_in_the_document_is_the_configured_one() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |config| {
+        config.limits.max_message_chars = 280;
+    })
+    .await;
+    let (_, spec) = app.get("/openapi.json", None).await;
+    let text = &spec["components"]["schemas"]["SendRequest"]["properties"]["message"];
+    assert!(
+        text["pattern"].as_str().unwrap().contains("{0,278}"),
+        "{text}"
+    );
+    let alice = app.dev_login("alice").await;
+    let bob = app.dev_login("bob").await;
+    assert_eq!(app.send(&alice, bob.id, &"a b ".repeat(70)).await.0, 201);
+    let (status, body) = app.send(&alice, bob.id, &"a b ".repeat(71)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("message_too_long"))
+    );
+    app.stop().await;
+}
+
 fn chromium() -> String {
     let path = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
