@@ -188,20 +188,18 @@ impl Store {
         );
         let see =
             format!("UPDATE messages SET seen_at = $4 WHERE {unseen} RETURNING id, from_id, to_id");
+        // Both statements take the same parameters, in the same order.
+        macro_rules! bound {
+            ($query:expr) => {
+                $query.bind(id).bind(reader).bind(peer).bind(at)
+            };
+        }
         let (delivered, seen) = on_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
-            let delivered: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(deliver.as_str()))
-                .bind(id)
-                .bind(reader)
-                .bind(peer)
-                .bind(at)
+            let delivered: Vec<i64> = bound!(sqlx::query_scalar(AssertSqlSafe(deliver.as_str())))
                 .fetch_all(&mut *tx)
                 .await?;
-            let seen: Vec<Receipt> = sqlx::query_as(AssertSqlSafe(see.as_str()))
-                .bind(id)
-                .bind(reader)
-                .bind(peer)
-                .bind(at)
+            let seen: Vec<Receipt> = bound!(sqlx::query_as(AssertSqlSafe(see.as_str())))
                 .fetch_all(&mut *tx)
                 .await?;
             tx.commit().await?;

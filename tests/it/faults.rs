@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::common::{Backend, TestApp, WsClient, eventually};
+use crate::common::{Backend, TestApp, TestUser, WsClient, eventually};
 use crate::on_both_backends;
 
 /// Reads events until `name` arrives, answering nothing; panics after `limit`.
@@ -19,6 +19,21 @@ async fn within(ws: &mut WsClient, name: &str, limit: Duration) -> Value {
 
 fn message_frame(to: i64, text: &str, client_id: &str) -> Value {
     json!({"event": "message", "to": to, "message": text, "client_id": client_id})
+}
+
+/// Alice and bob signed in with a socket each, after one message from alice to bob (so bob is a
+/// recipient the server knows, as in a live conversation).
+async fn in_conversation(app: &TestApp) -> (TestUser, TestUser, WsClient, WsClient) {
+    let alice = app.dev_login("alice").await;
+    let bob = app.dev_login("bob").await;
+    let mut alice_ws = app.connect(&alice).await;
+    let mut bob_ws = app.connect(&bob).await;
+    alice_ws
+        .send_json(&message_frame(bob.id, "hello", "hello-1"))
+        .await;
+    alice_ws.until("message_sent").await;
+    bob_ws.until("new_message").await;
+    (alice, bob, alice_ws, bob_ws)
 }
 
 async fn history_len(app: &TestApp, token: &str, peer: i64) -> usize {
@@ -39,14 +54,7 @@ on_both_backends! {
         })
         .await;
         let write_timeout = Duration::from_secs(2);
-        let alice = app.dev_login("alice").await;
-        let bob = app.dev_login("bob").await;
-        let mut alice_ws = app.connect(&alice).await;
-        let mut bob_ws = app.connect(&bob).await;
-        // Bob is a known recipient before the stall, as he would be in a live conversation.
-        alice_ws.send_json(&message_frame(bob.id, "before", "b-0")).await;
-        alice_ws.expect("message_sent").await;
-        bob_ws.expect("new_message").await;
+        let (alice, bob, mut alice_ws, mut bob_ws) = in_conversation(&app).await;
 
         let lock = app.db.lock_writes().await;
         let sent_at = Instant::now();
@@ -75,12 +83,12 @@ on_both_backends! {
         let received = bob_ws.expect("new_message").await;
         assert_eq!(received["message"]["client_id"], "stall-1");
         bob_ws.expect_silence(Duration::from_millis(500)).await;
-        assert_eq!(history_len(&app, &alice.access_token, bob.id).await, 2, "before + the retry");
+        assert_eq!(history_len(&app, &alice.access_token, bob.id).await, 2, "hello + the retry");
         app.stop().await;
     }
 
     async fn shutdown_ends_within_the_grace_whatever_the_database_does(backend: Backend) {
-        let app = TestApp::spawn_with(backend, |config| {
+        let mut app = TestApp::spawn_with(backend, |config| {
             config.server.shutdown_grace = "2s".parse().unwrap();
             config.database.write_timeout = "4s".parse().unwrap();
         })
@@ -104,7 +112,7 @@ on_both_backends! {
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         let started = Instant::now();
-        app.stop().await;
+        app.stop_server().await;
         let took = started.elapsed();
         assert!(took < Duration::from_secs(2 + 5), "stop took {took:?} with the database locked");
         // The socket was answered (or closed) rather than left hanging; nothing was acknowledged.
@@ -214,13 +222,7 @@ on_both_backends! {
             config.database.max_connections = 2;
         })
         .await;
-        let alice = app.dev_login("alice").await;
-        let bob = app.dev_login("bob").await;
-        let mut alice_ws = app.connect(&alice).await;
-        let mut bob_ws = app.connect(&bob).await;
-        alice_ws.send_json(&message_frame(bob.id, "first", "k-1")).await;
-        alice_ws.until("message_sent").await;
-        bob_ws.until("new_message").await;
+        let (alice, bob, mut alice_ws, mut bob_ws) = in_conversation(&app).await;
         bob_ws.send_json(&message_frame(alice.id, "reply", "r-0")).await;
         bob_ws.until("message_sent").await;
         alice_ws.until("new_message").await;
@@ -243,7 +245,7 @@ on_both_backends! {
             // A row the server cannot decode answers the read-back with an error.
             Backend::Sqlite => {
                 blocker.execute(&format!(
-                    "UPDATE messages SET timestamp = 'not a time' WHERE client_id = 'k-1' AND from_id = {}",
+                    "UPDATE messages SET timestamp = 'not a time' WHERE client_id = 'hello-1' AND from_id = {}",
                     alice.id
                 )).await;
             }
@@ -251,8 +253,8 @@ on_both_backends! {
         let lock = app.db.lock_writes().await;
         alice_ws.send_json(&message_frame(bob.id, "held", "k-2")).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        // The retry of k-1 and bob's new message share the next batch.
-        alice_ws.send_json(&message_frame(bob.id, "first", "k-1")).await;
+        // The retry of hello-1 and bob's new message share the next batch.
+        alice_ws.send_json(&message_frame(bob.id, "hello", "hello-1")).await;
         bob_ws.send_json(&message_frame(alice.id, "new after the retry", "r-1")).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         lock.close().await;
@@ -266,7 +268,7 @@ on_both_backends! {
             match event["event"].as_str().unwrap() {
                 "new_message" => got_new |= event["message"]["client_id"] == "r-1",
                 "error" => {
-                    assert_eq!((event["code"].as_str(), event["client_id"].as_str()), (Some("unavailable"), Some("k-1")), "{event}");
+                    assert_eq!((event["code"].as_str(), event["client_id"].as_str()), (Some("unavailable"), Some("hello-1")), "{event}");
                     refused_retry = true;
                 }
                 _ => assert_eq!(event["message"]["client_id"], "k-2", "{event}"),

@@ -173,6 +173,48 @@ on_both_backends! {
         tokio::time::timeout(Duration::from_secs(10), stopping).await.unwrap().unwrap();
     }
 
+    async fn a_socket_closed_by_shutdown_answers_what_it_was_sent_first(backend: Backend) {
+        let mut app = TestApp::spawn(backend).await;
+        let alice = app.dev_login("alice").await;
+        let bob = app.dev_login("bob").await;
+        let mut ws = app.connect(&alice).await;
+        for n in 0..40 {
+            ws.send_json(&json!({"event": "message", "to": bob.id, "message": format!("outbox {n}"), "client_id": format!("o-{n}")}))
+                .await;
+        }
+        // Shutdown starts while the socket's messages are being committed.
+        let first = ws.until("message_sent").await;
+        let (_, (acknowledged, code)) = tokio::join!(app.restart(), async {
+            let mut acknowledged = std::collections::HashSet::new();
+            acknowledged.insert(first["message"]["client_id"].as_str().unwrap().to_owned());
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), ws.next_frame()).await.expect("the socket ends") {
+                    Some(event) if event["event"] == "message_sent" => {
+                        acknowledged.insert(event["message"]["client_id"].as_str().unwrap().to_owned());
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            (acknowledged, ws.close_code())
+        });
+        assert_eq!(code, Some(1001));
+        let bob = app.dev_login("bob").await;
+        let (_, history) = app
+            .get(&format!("/conversations/{}/messages?limit=100", alice.id), Some(&bob.access_token))
+            .await;
+        let stored: std::collections::HashSet<String> = history["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|message| message["client_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(stored.len() > 1, "some messages were in flight: {stored:?}");
+        let unanswered: Vec<_> = stored.difference(&acknowledged).collect();
+        assert!(unanswered.is_empty(), "stored but never acknowledged on the socket: {unanswered:?}");
+        app.stop().await;
+    }
+
     async fn a_reader_that_falls_behind_is_closed_and_loses_nothing(backend: Backend) {
         let app = TestApp::spawn_with(backend, |config| {
             config.limits.outbound_queue = 16;

@@ -175,6 +175,13 @@ impl TestApp {
             .expect("the socket opens")
     }
 
+    /// Stops the server the way SIGTERM does, keeping its database (and whatever holds it) as it is.
+    pub async fn stop_server(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+    }
+
     pub async fn stop(mut self) {
         if let Some(server) = self.server.take() {
             server.stop().await;

@@ -19,6 +19,8 @@ const WAIT: Duration = Duration::from_secs(5);
 
 pub struct WsClient {
     stream: WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
+    /// The code of the close frame `next_frame` ran into, if any.
+    closed_with: Option<u16>,
 }
 
 /// What the server said instead of upgrading.
@@ -49,7 +51,10 @@ impl WsClient {
                 .insert("origin", HeaderValue::from_str(origin).unwrap());
         }
         match connect_async(request).await {
-            Ok((stream, _)) => Ok(Self { stream }),
+            Ok((stream, _)) => Ok(Self {
+                stream,
+                closed_with: None,
+            }),
             Err(tungstenite::Error::Http(response)) => {
                 let status = response.status();
                 let body = response
@@ -82,7 +87,10 @@ impl WsClient {
         let (stream, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp))
             .await
             .expect("the stalled socket opens");
-        Self { stream }
+        Self {
+            stream,
+            closed_with: None,
+        }
     }
 
     /// Reads until the server closes or drops the socket: the ids of every `new_message` on the way,
@@ -162,9 +170,18 @@ impl WsClient {
                     return Some(serde_json::from_str(&text).expect("events are JSON"));
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(frame))) => {
+                    self.closed_with = frame.map(|CloseFrame { code, .. }| u16::from(code));
+                    return None;
+                }
                 _ => return None,
             }
         }
+    }
+
+    /// The close code `next_frame` saw, once it answered `None`.
+    pub fn close_code(&self) -> Option<u16> {
+        self.closed_with
     }
 
     /// The next event named `name`, skipping presence events (`user_connected`, `user_disconnected`),
