@@ -1,11 +1,13 @@
 //! Load benchmark of the real `teachlyd` binary over loopback. Prints figures; asserts nothing.
 //!
-//! cargo bench --bench chat_load -- [--backend sqlite|postgres] [--pairs 100] [--messages 100] [--idle 1000]
+//! cargo bench --bench chat_load -- [--backend sqlite|postgres] [--pairs 100] [--messages 100]
+//!     [--window 8] [--idle 1000]
 //!
-//! Each of `pairs` senders has one socket and sends `messages` messages to its own recipient as fast as
-//! acknowledgements come back (one in flight per socket, as a chat client does); the figures are
-//! throughput, the latency from send to `message_sent` (committed) and to the recipient's
-//! `new_message`, and the server's resident memory per idle socket.
+//! Each of `pairs` senders has one socket and sends `messages` messages to its own recipient, keeping
+//! up to `window` of them unacknowledged (a client flushing its outbox; `--window 1` is one at a
+//! time). Texts are words, about 64 bytes, different for every message. The figures are throughput,
+//! the latency from send to `message_sent` (committed) and to the recipient's `new_message`, whether
+//! every message arrived exactly once, and the server's resident memory per idle socket.
 
 use std::{
     process::{Child, Command, Stdio},
@@ -23,6 +25,7 @@ struct Options {
     backend: String,
     pairs: usize,
     messages: usize,
+    window: usize,
     idle: usize,
 }
 
@@ -31,6 +34,7 @@ fn options() -> Options {
         backend: "sqlite".into(),
         pairs: 100,
         messages: 100,
+        window: 8,
         idle: 1000,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -41,6 +45,7 @@ fn options() -> Options {
             "--backend" => options.backend = value,
             "--pairs" => options.pairs = value.parse().expect("--pairs N"),
             "--messages" => options.messages = value.parse().expect("--messages N"),
+            "--window" => options.window = value.parse().expect("--window N (at least 1)"),
             "--idle" => options.idle = value.parse().expect("--idle N"),
             _ => {
                 i += 1;
@@ -138,6 +143,73 @@ async fn login(client: &reqwest::Client, addr: &str, name: &str) -> (i64, String
     )
 }
 
+const WORDS: [&str; 48] = [
+    "the",
+    "lesson",
+    "about",
+    "fractions",
+    "starts",
+    "after",
+    "lunch",
+    "please",
+    "bring",
+    "your",
+    "notebook",
+    "and",
+    "the",
+    "worksheet",
+    "from",
+    "monday",
+    "we",
+    "will",
+    "review",
+    "chapter",
+    "three",
+    "before",
+    "moving",
+    "on",
+    "to",
+    "geometry",
+    "if",
+    "you",
+    "have",
+    "questions",
+    "send",
+    "them",
+    "here",
+    "thanks",
+    "see",
+    "tomorrow",
+    "great",
+    "work",
+    "on",
+    "the",
+    "homework",
+    "essay",
+    "draft",
+    "is",
+    "due",
+    "friday",
+    "morning",
+    "ok",
+];
+
+/// About 64 bytes of words, different for every (pair, n).
+fn chat_text(pair: usize, n: usize) -> String {
+    let mut seed = (pair as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ (n as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let mut text = String::with_capacity(80);
+    while text.len() < 56 {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        text.push_str(WORDS[(seed >> 33) as usize % WORDS.len()]);
+        text.push(' ');
+    }
+    text.push_str(&format!("(note {n} of {pair})"));
+    text
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -174,8 +246,8 @@ async fn main() {
     let addr = server.addr.clone();
     let client = reqwest::Client::new();
     println!(
-        "teachlyd chat_load: backend {}, {} sender→recipient pairs, {} messages each, {} idle sockets",
-        options.backend, options.pairs, options.messages, options.idle
+        "teachlyd chat_load: backend {}, {} sender→recipient pairs, {} messages each, window {}, {} idle sockets",
+        options.backend, options.pairs, options.messages, options.window, options.idle
     );
 
     let mut senders = Vec::new();
@@ -195,26 +267,27 @@ async fn main() {
         let delivery = Arc::clone(&delivery);
         let expected = options.messages;
         receiving.push(tokio::spawn(async move {
-            let mut got = 0;
+            let mut seen = std::collections::HashSet::with_capacity(expected);
+            let mut duplicates = 0usize;
             let mut local = Vec::with_capacity(expected);
-            while got < expected {
+            while seen.len() < expected {
                 let Some(Ok(Message::Text(text))) = socket.next().await else {
                     continue;
                 };
                 let event: Value = serde_json::from_str(&text).unwrap();
                 if event["event"] == "new_message" {
-                    let sent_at: u64 = event["message"]["content"]
-                        .as_str()
-                        .unwrap()
-                        .parse()
-                        .unwrap();
+                    // The client id is `pair-n-microseconds since start` at the moment of sending.
+                    let client_id = event["message"]["client_id"].as_str().unwrap().to_owned();
+                    let sent_at: u64 = client_id.rsplit('-').next().unwrap().parse().unwrap();
                     let now = started.elapsed().as_micros() as u64;
                     local.push(Duration::from_micros(now.saturating_sub(sent_at)));
-                    got += 1;
+                    if !seen.insert(client_id) {
+                        duplicates += 1;
+                    }
                 }
             }
             delivery.lock().await.extend(local);
-            socket
+            (socket, duplicates)
         }));
     }
 
@@ -228,22 +301,27 @@ async fn main() {
         let to = recipients[pair].0;
         let ack = Arc::clone(&ack);
         let messages = options.messages;
+        let window = options.window.max(1);
         sending.push(tokio::spawn(async move {
             let mut local = Vec::with_capacity(messages);
-            for n in 0..messages {
-                let sent = Instant::now();
-                let content = started.elapsed().as_micros().to_string();
-                let frame = json!({"event": "message", "to": to, "message": content, "client_id": format!("{pair}-{n}")});
-                socket.send(Message::text(frame.to_string())).await.unwrap();
-                loop {
-                    let Some(Ok(Message::Text(text))) = socket.next().await else { continue };
-                    let event: Value = serde_json::from_str(&text).unwrap();
-                    if event["event"] == "message_sent" {
-                        break;
-                    }
-                    assert_ne!(event["event"], "error", "{event}");
+            let mut waiting = std::collections::HashMap::with_capacity(window);
+            let mut next = 0;
+            while local.len() < messages {
+                while next < messages && waiting.len() < window {
+                    let client_id = format!("{pair}-{next}-{}", started.elapsed().as_micros());
+                    let frame = json!({"event": "message", "to": to, "message": chat_text(pair, next), "client_id": client_id});
+                    waiting.insert(client_id, Instant::now());
+                    socket.send(Message::text(frame.to_string())).await.unwrap();
+                    next += 1;
                 }
-                local.push(sent.elapsed());
+                let Some(Ok(Message::Text(text))) = socket.next().await else { continue };
+                let event: Value = serde_json::from_str(&text).unwrap();
+                assert_ne!(event["event"], "error", "{event}");
+                if event["event"] == "message_sent"
+                    && let Some(sent) = event["message"]["client_id"].as_str().and_then(|id| waiting.remove(id))
+                {
+                    local.push(sent.elapsed());
+                }
             }
             ack.lock().await.extend(local);
             socket
@@ -253,8 +331,11 @@ async fn main() {
     for task in sending {
         sockets.push(task.await.unwrap());
     }
+    let mut duplicates = 0;
     for task in receiving {
-        sockets.push(task.await.unwrap());
+        let (socket, twice) = task.await.unwrap();
+        duplicates += twice;
+        sockets.push(socket);
     }
     let elapsed = load_started.elapsed();
     let total = options.pairs * options.messages;
@@ -263,6 +344,7 @@ async fn main() {
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64()
     );
+    println!("exactly once           every message delivered, {duplicates} delivered twice");
     report(
         "send → message_sent",
         std::mem::take(&mut *ack.lock().await),
