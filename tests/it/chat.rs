@@ -236,6 +236,9 @@ on_both_backends! {
         let bob = app.dev_login("bob").await;
         let mut alice_ws = app.connect(&alice).await;
         let mut bob_ws = app.connect(&bob).await;
+        // Typing is never stored: it reaches sockets registered when it is sent, and the hello
+        // comes after the registration.
+        assert_eq!(bob_ws.next_event().await["event"], "user_connected");
         alice_ws.send_json(&json!({"event": "typing", "to": bob.id})).await;
         assert_eq!(bob_ws.expect("typing").await, json!({"event": "typing", "from": alice.id}));
         let (_, history) = app
