@@ -160,10 +160,6 @@ impl Chat {
         })
     }
 
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
-    }
-
     /// Checks, stores and fans out one message; answers after the commit, or `unavailable` once
     /// `database.write_timeout` passed without one. A `client_id` already stored answers the stored
     /// message with `created: false` and stores nothing. `origin` is the socket that sent it, which
@@ -183,15 +179,24 @@ impl Chat {
             return Err(ChatError::InvalidRecipient);
         }
         let deadline = tokio::time::Instant::now() + self.write_timeout;
-        let attempt = tokio::time::timeout_at(
+        let attempt = within(
             deadline,
             self.store_new(from, to, text, client_id.clone(), origin, deadline),
         );
-        match attempt.await.unwrap_or(Err(ChatError::TimedOut)) {
+        match attempt.await {
             // A retry of a message stored earlier is answered with it, even if a rule would refuse
             // the same text now (the repeat rule counts it, a reloaded rule may differ).
             Err(ChatError::Content(rejection)) => match client_id {
-                Some(client_id) => self.stored_earlier(from, &client_id, rejection).await,
+                Some(client_id) => {
+                    let stored = self.store.message_by_client_id(from, &client_id);
+                    match within(deadline, async { Ok(stored.await?) }).await? {
+                        Some(message) => Ok(Stored {
+                            message,
+                            created: false,
+                        }),
+                        None => Err(rejection.into()),
+                    }
+                }
                 None => Err(rejection.into()),
             },
             outcome => outcome,
@@ -235,31 +240,13 @@ impl Chat {
         }
     }
 
-    async fn stored_earlier(
-        &self,
-        from: UserId,
-        client_id: &str,
-        rejection: ContentRejection,
-    ) -> Result<Stored, ChatError> {
-        let stored =
-            self.bounded(async { Ok(self.store.message_by_client_id(from, client_id).await?) });
-        match stored.await? {
-            Some(message) => Ok(Stored {
-                message,
-                created: false,
-            }),
-            None => Err(rejection.into()),
-        }
-    }
-
     /// `work`, or `TimedOut` once `database.write_timeout` passed.
     async fn bounded<T>(
         &self,
         work: impl Future<Output = Result<T, ChatError>>,
     ) -> Result<T, ChatError> {
-        tokio::time::timeout(self.write_timeout, work)
-            .await
-            .unwrap_or(Err(ChatError::TimedOut))
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        within(deadline, work).await
     }
 
     /// The recipient marks one message seen; the sender's connections and the recipient's other ones
@@ -376,6 +363,16 @@ impl Chat {
     pub fn delivered(&self, id: MessageId) {
         self.deliveries.written(id);
     }
+}
+
+/// `work`, or `TimedOut` at `deadline`.
+async fn within<T>(
+    deadline: tokio::time::Instant,
+    work: impl Future<Output = Result<T, ChatError>>,
+) -> Result<T, ChatError> {
+    tokio::time::timeout_at(deadline, work)
+        .await
+        .unwrap_or(Err(ChatError::TimedOut))
 }
 
 /// Keeps the repeat rule's memory to the users who sent something within its window.

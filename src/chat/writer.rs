@@ -52,7 +52,14 @@ struct WriteRequest {
     reply: oneshot::Sender<Result<Stored, WriteError>>,
 }
 
-impl WriteRequest {
+/// A sender waiting for the commit of a row.
+struct Waiter {
+    origin: Option<ConnectionId>,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Stored, WriteError>>,
+}
+
+impl Waiter {
     fn waiting(&self, now: Instant, margin: Duration) -> bool {
         !self.reply.is_closed() && now + margin < self.deadline
     }
@@ -86,8 +93,9 @@ impl MessageWriter {
         Self { requests }
     }
 
-    /// Stores `message` and fans it out; answers once it is committed, or `Unavailable` by
-    /// `deadline`. A message not committed by then is never stored later.
+    /// Stores `message` and fans it out; answers once it is committed. The writer gives up on it
+    /// shortly before `deadline`, and a message it gave up on is never stored later; the caller stops
+    /// waiting at `deadline`.
     pub async fn write(
         &self,
         message: NewMessage,
@@ -101,14 +109,11 @@ impl MessageWriter {
             deadline,
             reply,
         };
-        let answered = tokio::time::timeout_at(deadline, async {
-            self.requests
-                .send(request)
-                .await
-                .map_err(|_| WriteError::ShuttingDown)?;
-            answer.await.map_err(|_| WriteError::ShuttingDown)?
-        });
-        answered.await.unwrap_or(Err(WriteError::Unavailable))
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        answer.await.map_err(|_| WriteError::ShuttingDown)?
     }
 }
 
@@ -116,7 +121,7 @@ impl MessageWriter {
 /// the same batch sent the same `(from_id, client_id)` again.
 struct Row {
     message: NewMessage,
-    waiting: Vec<WriteRequest>,
+    waiting: Vec<Waiter>,
 }
 
 impl Row {
@@ -124,19 +129,19 @@ impl Row {
     fn commit_by(&self, now: Instant, margin: Duration) -> Option<Instant> {
         self.waiting
             .iter()
-            .filter(|request| request.waiting(now, margin))
-            .map(|request| request.deadline - margin)
+            .filter(|waiter| waiter.waiting(now, margin))
+            .map(|waiter| waiter.deadline - margin)
             .max()
     }
 
-    /// Answers everyone waiting with a row that was stored before, or with why it was not.
-    fn answer(self, outcome: Result<&Message, WriteError>) {
-        for request in self.waiting {
+    /// Answers everyone still waiting with `outcome`: a row stored earlier, or why it was not stored.
+    fn answer(&mut self, outcome: Result<&Message, WriteError>) {
+        for waiter in self.waiting.drain(..) {
             let answer = outcome.map(|message| Stored {
                 message: message.clone(),
                 created: false,
             });
-            let _ = request.reply.send(answer);
+            let _ = waiter.reply.send(answer);
         }
     }
 }
@@ -173,15 +178,11 @@ impl Writer {
                             Some(commit_by.map_or(by, |earliest: Instant| earliest.min(by)));
                     }
                     // Every sender of it gave up or is about to: never store it.
-                    None => {
-                        for row in unanswered(&mut rows[index..=index]) {
-                            row.answer(Err(WriteError::Unavailable));
-                        }
-                    }
+                    None => rows[index].answer(Err(WriteError::Unavailable)),
                 }
             }
             let Some(commit_by) = commit_by else { continue };
-            let messages: Vec<NewMessage> = live.iter().map(|&i| rows[i].message.clone()).collect();
+            let messages: Vec<&NewMessage> = live.iter().map(|&i| &rows[i].message).collect();
             let attempt = tokio::time::timeout_at(commit_by, self.lane.insert_messages(&messages))
                 .await
                 .unwrap_or(Err(StoreError::TimedOut));
@@ -197,23 +198,21 @@ impl Writer {
                 // The most hurried senders of the batch gave up now; the others may still make it.
                 Err(StoreError::TimedOut) => {
                     tracing::warn!(
-                        messages = messages.len(),
+                        messages = live.len(),
                         "a batch of messages did not commit in time"
                     );
                     pending.push(range);
                 }
                 Err(error) if error.is_unavailable() => {
-                    tracing::error!(%error, messages = messages.len(), "the database did not store a batch of messages");
-                    for row in unanswered(&mut rows[range.start..]) {
+                    tracing::error!(%error, messages = live.len(), "the database did not store a batch of messages");
+                    for row in &mut rows[range.start..] {
                         row.answer(Err(WriteError::Unavailable));
                     }
                     pending.clear();
                 }
                 Err(error) if live.len() == 1 => {
                     tracing::warn!(%error, "a message could not be stored");
-                    for row in unanswered(&mut rows[range]) {
-                        row.answer(Err(WriteError::Refused));
-                    }
+                    rows[live[0]].answer(Err(WriteError::Refused));
                 }
                 Err(error) => {
                     tracing::debug!(%error, messages = live.len(), "a batch failed; retrying it in halves");
@@ -224,11 +223,7 @@ impl Writer {
             }
         }
         for index in conflicts {
-            self.stored_before(
-                std::mem::take(&mut rows[index].waiting),
-                &rows[index].message,
-            )
-            .await;
+            self.stored_before(&mut rows[index]).await;
         }
     }
 
@@ -236,7 +231,7 @@ impl Writer {
     /// waiting for it is answered.
     fn created(&self, row: &mut Row, id: MessageId) {
         let message = row.message.clone().stored_as(id);
-        let owner = row.waiting.first().and_then(|request| request.origin);
+        let owner = row.waiting.first().and_then(|waiter| waiter.origin);
         self.hub.send_to_user_except(
             message.from_id,
             owner,
@@ -246,8 +241,8 @@ impl Writer {
             message.to_id,
             &ServerEvent::NewMessage { message: &message }.to_outbound(),
         );
-        for (n, request) in std::mem::take(&mut row.waiting).into_iter().enumerate() {
-            let _ = request.reply.send(Ok(Stored {
+        for (n, waiter) in row.waiting.drain(..).enumerate() {
+            let _ = waiter.reply.send(Ok(Stored {
                 message: message.clone(),
                 created: n == 0,
             }));
@@ -255,17 +250,18 @@ impl Writer {
     }
 
     /// A `(from_id, client_id)` committed by an earlier batch: answered with that row.
-    async fn stored_before(&self, waiting: Vec<WriteRequest>, message: &NewMessage) {
-        let Some(deadline) = waiting.iter().map(|request| request.deadline).max() else {
+    async fn stored_before(&self, row: &mut Row) {
+        let Some(deadline) = row.waiting.iter().map(|waiter| waiter.deadline).max() else {
             return;
         };
+        let message = &row.message;
         let client_id = message.client_id.as_deref().unwrap_or_default();
         let read = tokio::time::timeout_at(
             deadline,
             self.reads.message_by_client_id(message.from_id, client_id),
         )
         .await;
-        let outcome = match read {
+        let stored = match read {
             Ok(Ok(Some(stored))) => Ok(stored),
             Ok(Ok(None)) => Err(WriteError::Refused),
             Ok(Err(error)) => {
@@ -274,23 +270,8 @@ impl Writer {
             }
             Err(_) => Err(WriteError::Unavailable),
         };
-        Row {
-            message: message.clone(),
-            waiting,
-        }
-        .answer(outcome.as_ref().map_err(|error| *error));
+        row.answer(stored.as_ref().map_err(|error| *error));
     }
-}
-
-/// The rows whose requests have not been answered yet, taken out to be answered.
-fn unanswered(rows: &mut [Row]) -> Vec<Row> {
-    rows.iter_mut()
-        .filter(|row| !row.waiting.is_empty())
-        .map(|row| Row {
-            message: row.message.clone(),
-            waiting: std::mem::take(&mut row.waiting),
-        })
-        .collect()
 }
 
 /// Drops the requests whose sender stopped waiting (they are never stored), and folds two sends with
@@ -302,20 +283,30 @@ fn fold(batch: Vec<WriteRequest>) -> Vec<Row> {
         if request.reply.is_closed() {
             continue;
         }
-        let key = request
-            .message
+        let WriteRequest {
+            message,
+            origin,
+            deadline,
+            reply,
+        } = request;
+        let waiter = Waiter {
+            origin,
+            deadline,
+            reply,
+        };
+        let key = message
             .client_id
-            .clone()
-            .map(|client_id| (request.message.from_id, client_id));
+            .as_ref()
+            .map(|client_id| (message.from_id, client_id.clone()));
         match key.as_ref().and_then(|key| row_of.get(key)) {
-            Some(&index) => rows[index].waiting.push(request),
+            Some(&index) => rows[index].waiting.push(waiter),
             None => {
                 if let Some(key) = key {
                     row_of.insert(key, rows.len());
                 }
                 rows.push(Row {
-                    message: request.message.clone(),
-                    waiting: vec![request],
+                    message,
+                    waiting: vec![waiter],
                 });
             }
         }

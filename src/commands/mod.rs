@@ -36,7 +36,7 @@ impl CommandError {
 impl From<StoreError> for CommandError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Unavailable(_) | StoreError::TimedOut => {
+            ref unavailable if unavailable.is_unavailable() => {
                 CommandError::DatabaseUnavailable(error.to_string())
             }
             other => CommandError::Runtime(other.to_string()),

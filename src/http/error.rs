@@ -77,7 +77,7 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound => ApiError::not_found("not found"),
-            StoreError::Unavailable(_) | StoreError::TimedOut => {
+            ref unavailable if unavailable.is_unavailable() => {
                 tracing::error!(%error, "database unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

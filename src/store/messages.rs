@@ -1,3 +1,5 @@
+use std::borrow::Borrow;
+
 use sqlx::{AssertSqlSafe, types::time::OffsetDateTime};
 
 use super::{Store, StoreResult, on_pool, users::json_array};
@@ -45,9 +47,9 @@ impl Store {
     /// Commits a batch of messages in one transaction and answers the id of each, in order, or `None`
     /// where its `(from_id, client_id)` was already stored (the caller reads that row back). Any other
     /// failure fails the whole batch; the caller makes sure no key appears twice in one batch.
-    pub async fn insert_messages(
+    pub async fn insert_messages<M: Borrow<NewMessage>>(
         &self,
-        batch: &[NewMessage],
+        batch: &[M],
     ) -> StoreResult<Vec<Option<MessageId>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -293,9 +295,9 @@ impl Store {
 /// The insert runs in an explicit transaction although it is one statement: a caller that gives up
 /// (its deadline passed) drops the future, and without a COMMIT sent the rows can never land later,
 /// when a lock that held the statement is released.
-async fn insert_postgres(
+async fn insert_postgres<M: Borrow<NewMessage>>(
     pool: &sqlx::PgPool,
-    batch: &[NewMessage],
+    batch: &[M],
 ) -> StoreResult<Vec<Option<MessageId>>> {
     let mut tx = pool.begin().await?;
     let ids: Vec<i64> =
@@ -303,11 +305,14 @@ async fn insert_postgres(
             .bind(batch.len() as i64)
             .fetch_all(&mut *tx)
             .await?;
-    let from: Vec<i64> = batch.iter().map(|m| m.from_id).collect();
-    let to: Vec<i64> = batch.iter().map(|m| m.to_id).collect();
-    let content: Vec<&str> = batch.iter().map(|m| m.content.as_str()).collect();
-    let timestamps: Vec<OffsetDateTime> = batch.iter().map(|m| m.timestamp).collect();
-    let client_ids: Vec<Option<&str>> = batch.iter().map(|m| m.client_id.as_deref()).collect();
+    let from: Vec<i64> = batch.iter().map(|m| m.borrow().from_id).collect();
+    let to: Vec<i64> = batch.iter().map(|m| m.borrow().to_id).collect();
+    let content: Vec<&str> = batch.iter().map(|m| m.borrow().content.as_str()).collect();
+    let timestamps: Vec<OffsetDateTime> = batch.iter().map(|m| m.borrow().timestamp).collect();
+    let client_ids: Vec<Option<&str>> = batch
+        .iter()
+        .map(|m| m.borrow().client_id.as_deref())
+        .collect();
     let inserted: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO messages (id, from_id, to_id, content, timestamp, client_id) \
          SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], \
@@ -332,13 +337,13 @@ async fn insert_postgres(
 
 /// SQLite's one writer runs one prepared statement per row inside a single transaction: the commit
 /// (and its fsync) is what the batch shares.
-async fn insert_sqlite(
+async fn insert_sqlite<M: Borrow<NewMessage>>(
     writer: &sqlx::SqlitePool,
-    batch: &[NewMessage],
+    batch: &[M],
 ) -> StoreResult<Vec<Option<MessageId>>> {
     let mut tx = writer.begin().await?;
     let mut ids = Vec::with_capacity(batch.len());
-    for message in batch {
+    for message in batch.iter().map(Borrow::borrow) {
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO messages (from_id, to_id, content, timestamp, client_id) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (from_id, client_id) DO NOTHING RETURNING id",

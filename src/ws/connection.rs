@@ -361,21 +361,19 @@ impl Socket {
     }
 
     async fn refuse(&mut self, error: FrameError) {
-        let frame = ServerEvent::Error {
-            code: error.code,
-            detail: &error.detail,
-            client_id: error.client_id.as_deref(),
-            retry_after_ms: None,
-        }
-        .to_frame();
+        let frame = error_event(error.code, &error.detail, error.client_id.as_deref());
         let _ = self.write(&frame).await;
     }
 }
 
 fn error_frame(error: &ChatError, client_id: Option<&str>) -> Arc<str> {
+    error_event(error.code(), &error.to_string(), client_id)
+}
+
+fn error_event(code: &str, detail: &str, client_id: Option<&str>) -> Arc<str> {
     ServerEvent::Error {
-        code: error.code(),
-        detail: &error.to_string(),
+        code,
+        detail,
         client_id,
         retry_after_ms: None,
     }
