@@ -2,10 +2,8 @@
 //! connection. It applies the domain's rules, writes through the group-commit writer and reaches
 //! sockets only through the hub.
 
-mod batch;
 pub mod events;
 mod presence;
-mod receipts;
 mod writer;
 
 use std::{sync::Arc, time::Instant};
@@ -27,8 +25,7 @@ use crate::{
     store::{KnownUsers, SeenReceipt, Store, StoreError},
 };
 use presence::Presence;
-use receipts::DeliveryRecorder;
-use writer::MessageWriter;
+use writer::GroupCommit;
 
 /// Why a chat action was refused. `code` is the error code of SPEC §5.
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +68,7 @@ pub struct Chat {
     store: Store,
     hub: Arc<Hub>,
     users: Arc<KnownUsers>,
-    writer: MessageWriter,
-    deliveries: DeliveryRecorder,
+    commits: GroupCommit,
     presence: Presence,
     checker: ContentChecker,
     repeats: Arc<RepeatGuard>,
@@ -108,8 +104,8 @@ impl Drop for Registration {
 }
 
 impl Chat {
-    /// Starts the writer, the delivery recorder and the presence announcer, each on database
-    /// connections of its own; all of them finish their queued work when `shutdown` fires, and
+    /// Starts the group commit (messages and deliveries) and the presence announcer, each on
+    /// database connections of its own; all of them finish their queued work when `shutdown` fires, and
     /// `tasks` lets the caller wait for that.
     pub async fn start(
         config: &Config,
@@ -120,16 +116,9 @@ impl Chat {
         tasks: &TaskTracker,
     ) -> Result<Self, StoreError> {
         let write_timeout = config.database.write_timeout.0;
-        let writer = MessageWriter::start(
+        let commits = GroupCommit::start(
             store.lane(write_timeout).await?,
             store.clone(),
-            Arc::clone(&hub),
-            write_timeout,
-            shutdown.clone(),
-            tasks,
-        );
-        let deliveries = DeliveryRecorder::start(
-            store.lane(write_timeout).await?,
             Arc::clone(&hub),
             write_timeout,
             shutdown.clone(),
@@ -151,8 +140,7 @@ impl Chat {
             store,
             hub,
             users,
-            writer,
-            deliveries,
+            commits,
             presence,
             checker: ContentChecker::new(content_rules(config)),
             repeats,
@@ -225,7 +213,7 @@ impl Chat {
             client_id,
             timestamp: now(),
         };
-        match self.writer.write(message, origin, deadline).await {
+        match self.commits.write(message, origin, deadline).await {
             Ok(stored) => Ok(stored),
             // A row of its own failed: most likely a user deleted behind the cache's back.
             Err(WriteError::Refused) => {
@@ -361,7 +349,7 @@ impl Chat {
 
     /// Records that a `new_message` frame reached one of the recipient's sockets.
     pub fn delivered(&self, id: MessageId) {
-        self.deliveries.written(id);
+        self.commits.delivered(id);
     }
 }
 

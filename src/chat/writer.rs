@@ -1,5 +1,8 @@
 //! Group commit: many senders' messages share one transaction, and each sender hears back only after
-//! that transaction committed (DESIGN §1, §2, §5, §9).
+//! that transaction committed (DESIGN §1, §2, §5, §9). The same transaction records the deliveries
+//! that sockets reported since the last one (DESIGN §3), so a cycle costs one commit, one fsync: on
+//! SQLite's one writer that is what bounds throughput. Only the rows the delivery update changed
+//! produce `message_delivered`, so a sender hears it once per message however many devices got it.
 //!
 //! Faults stay with the message that causes them. A batch whose transaction fails for a reason of
 //! its own rows (a constraint, a deleted user) is split in halves and retried, so only the message
@@ -9,24 +12,30 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use sqlx::types::time::OffsetDateTime;
+
 use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{batch::next_batch_until, events::ServerEvent};
+use super::events::ServerEvent;
 use crate::{
-    domain::{Message, MessageId, NewMessage, Stored, UserId},
+    domain::{Message, MessageId, NewMessage, Receipt, Stored, UserId, now},
     hub::{ConnectionId, Hub},
     store::{Store, StoreError},
 };
 
 /// The most messages committed in one transaction.
 pub const MAX_BATCH: usize = 512;
+/// The most deliveries recorded in one transaction.
+const MAX_DELIVERIES: usize = 1024;
 /// Senders waiting for room beyond this wait (their `message_sent` comes later) instead of the
 /// process buffering without end.
 const QUEUE: usize = 4096;
+/// Deliveries reported beyond this are not recorded (see `GroupCommit::delivered`).
+const DELIVERY_QUEUE: usize = 16 * 1024;
 /// The writer gives up on a message this long before its sender does, so that a commit it did finish
 /// reaches the sender in time, and a sender that heard `unavailable` can rely on nothing stored.
 const ANSWER_MARGIN: Duration = Duration::from_millis(200);
@@ -65,15 +74,17 @@ impl Waiter {
     }
 }
 
+/// The handle of the group-commit task: messages to store, deliveries to record.
 #[derive(Clone)]
-pub struct MessageWriter {
+pub struct GroupCommit {
     requests: mpsc::Sender<WriteRequest>,
+    written: mpsc::Sender<MessageId>,
 }
 
-impl MessageWriter {
-    /// Starts the writer task on its own `lane`; it stops when `shutdown` fires, after committing
-    /// what was queued. `reads` serves the read-backs of repeated `client_id`s. `write_timeout` is
-    /// how long senders wait.
+impl GroupCommit {
+    /// Starts the group-commit task on its own `lane`; it stops when `shutdown` fires, after
+    /// committing what was queued. `reads` serves the read-backs of repeated `client_id`s.
+    /// `write_timeout` is how long senders wait.
     pub fn start(
         lane: Store,
         reads: Store,
@@ -82,15 +93,22 @@ impl MessageWriter {
         shutdown: CancellationToken,
         tasks: &tokio_util::task::TaskTracker,
     ) -> Self {
-        let (requests, receiver) = mpsc::channel(QUEUE);
+        let (requests, request_queue) = mpsc::channel(QUEUE);
+        let (written, written_queue) = mpsc::channel(DELIVERY_QUEUE);
         let writer = Writer {
             lane,
             reads,
             hub,
+            write_timeout,
             margin: ANSWER_MARGIN.min(write_timeout / 10),
         };
-        tasks.spawn(writer.run(receiver, shutdown));
-        Self { requests }
+        let inbox = Inbox {
+            requests: request_queue,
+            written: written_queue,
+            closing: false,
+        };
+        tasks.spawn(writer.run(inbox, shutdown));
+        Self { requests, written }
     }
 
     /// Stores `message` and fans it out; answers once it is committed. The writer gives up on it
@@ -114,6 +132,70 @@ impl MessageWriter {
             .await
             .map_err(|_| WriteError::ShuttingDown)?;
         answer.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    /// Records that `id` reached a socket of its recipient, in the next transaction. Never waits: a
+    /// socket must not stall behind a stalled database. When the queue is full (or the server is
+    /// stopping) the message stays undelivered and is sent again on the recipient's next connection.
+    pub fn delivered(&self, id: MessageId) {
+        if self.written.try_send(id).is_err() {
+            tracing::debug!(
+                message = id,
+                "the delivery queue is full; the message stays undelivered"
+            );
+        }
+    }
+}
+
+/// What one transaction carries.
+#[derive(Default)]
+struct Cycle {
+    requests: Vec<WriteRequest>,
+    written: Vec<MessageId>,
+}
+
+/// Both queues of the group-commit task.
+struct Inbox {
+    requests: mpsc::Receiver<WriteRequest>,
+    written: mpsc::Receiver<MessageId>,
+    closing: bool,
+}
+
+impl Inbox {
+    /// Waits for a message or a delivery, then takes whatever else is queued of both: under load a
+    /// cycle grows by itself while the previous one is being committed. Once `shutdown` fired, the
+    /// queues are closed and what they hold still comes out, cycle by cycle, until `None`.
+    async fn next(&mut self, shutdown: &CancellationToken) -> Option<Cycle> {
+        let mut cycle = Cycle::default();
+        if !self.closing {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => self.close(),
+                Some(request) = self.requests.recv() => cycle.requests.push(request),
+                Some(id) = self.written.recv() => cycle.written.push(id),
+                else => self.close(),
+            }
+        }
+        while cycle.requests.len() < MAX_BATCH {
+            match self.requests.try_recv() {
+                Ok(request) => cycle.requests.push(request),
+                Err(_) => break,
+            }
+        }
+        while cycle.written.len() < MAX_DELIVERIES {
+            match self.written.try_recv() {
+                Ok(id) => cycle.written.push(id),
+                Err(_) => break,
+            }
+        }
+        let done = self.closing && cycle.requests.is_empty() && cycle.written.is_empty();
+        (!done).then_some(cycle)
+    }
+
+    fn close(&mut self) {
+        self.requests.close();
+        self.written.close();
+        self.closing = true;
     }
 }
 
@@ -150,18 +232,25 @@ struct Writer {
     lane: Store,
     reads: Store,
     hub: Arc<Hub>,
+    write_timeout: Duration,
     margin: Duration,
 }
 
 impl Writer {
-    async fn run(self, mut receiver: mpsc::Receiver<WriteRequest>, shutdown: CancellationToken) {
-        while let Some(batch) = next_batch_until(&mut receiver, MAX_BATCH, &shutdown).await {
-            self.commit(batch).await;
+    async fn run(self, mut inbox: Inbox, shutdown: CancellationToken) {
+        while let Some(cycle) = inbox.next(&shutdown).await {
+            self.commit(cycle).await;
         }
     }
 
-    async fn commit(&self, batch: Vec<WriteRequest>) {
-        let mut rows = fold(batch);
+    async fn commit(&self, cycle: Cycle) {
+        let mut rows = fold(cycle.requests);
+        let mut written = cycle.written;
+        written.sort_unstable();
+        written.dedup();
+        let delivered_at = now();
+        // The first attempt carries the deliveries; a retry of messages never does.
+        let mut deliveries = (!written.is_empty()).then_some(written.as_slice());
         let mut conflicts = Vec::new();
         // Ranges still to insert, the next one last; a failed range is pushed back as two halves.
         let mut pending = Vec::with_capacity(8);
@@ -181,19 +270,31 @@ impl Writer {
                     None => rows[index].answer(Err(WriteError::Unavailable)),
                 }
             }
-            let Some(commit_by) = commit_by else { continue };
+            if live.is_empty() && deliveries.is_none() {
+                continue;
+            }
+            let commit_by = commit_by.unwrap_or(now + self.write_timeout);
             let messages: Vec<&NewMessage> = live.iter().map(|&i| &rows[i].message).collect();
-            let attempt = tokio::time::timeout_at(commit_by, self.lane.insert_messages(&messages))
-                .await
-                .unwrap_or(Err(StoreError::TimedOut));
+            let ids = deliveries.unwrap_or_default();
+            let attempt =
+                tokio::time::timeout_at(commit_by, self.lane.commit(&messages, ids, delivered_at))
+                    .await
+                    .unwrap_or(Err(StoreError::TimedOut));
             match attempt {
-                Ok(ids) => {
-                    for (&index, id) in live.iter().zip(ids) {
+                Ok(committed) => {
+                    for (&index, id) in live.iter().zip(committed.ids) {
                         match id {
                             Some(id) => self.created(&mut rows[index], id),
                             None => conflicts.push(index),
                         }
                     }
+                    self.announce_delivered(&committed.receipts, delivered_at);
+                    deliveries = None;
+                }
+                Err(error) if live.is_empty() => {
+                    // Left undelivered: the recipients get these again on their next connection.
+                    tracing::error!(%error, messages = ids.len(), "recording deliveries failed");
+                    deliveries = None;
                 }
                 // The most hurried senders of the batch gave up now; the others may still make it.
                 Err(StoreError::TimedOut) => {
@@ -209,6 +310,16 @@ impl Writer {
                         row.answer(Err(WriteError::Unavailable));
                     }
                     pending.clear();
+                    if deliveries.take().is_some() {
+                        tracing::error!(messages = ids.len(), "recording deliveries failed");
+                    }
+                }
+                // A row failed, maybe one of the deliveries' (a message deleted meanwhile): record
+                // them alone, then the messages.
+                Err(error) if deliveries.is_some() => {
+                    tracing::debug!(%error, "a batch with deliveries failed; recording them apart");
+                    pending.push(range.start..range.end);
+                    pending.push(range.start..range.start);
                 }
                 Err(error) if live.len() == 1 => {
                     tracing::warn!(%error, "a message could not be stored");
@@ -227,24 +338,57 @@ impl Writer {
         }
     }
 
+    /// Each sender hears `message_delivered` once: only for the rows this transaction changed.
+    fn announce_delivered(&self, receipts: &[Receipt], delivered_at: OffsetDateTime) {
+        for receipt in receipts {
+            let event = ServerEvent::MessageDelivered {
+                message_id: receipt.id,
+                delivered_at,
+            };
+            if self.hub.reaches(receipt.from_id, None) {
+                self.hub.send_to_user(receipt.from_id, &event.to_outbound());
+            }
+        }
+    }
+
     /// A new row: the sender's other sockets and the recipient hear of it now, and every request
     /// waiting for it is answered.
     fn created(&self, row: &mut Row, id: MessageId) {
-        let message = row.message.clone().stored_as(id);
+        // The row is done with once created: its message moves on instead of being copied.
+        let taken = NewMessage {
+            content: std::mem::take(&mut row.message.content),
+            client_id: row.message.client_id.take(),
+            ..row.message
+        };
+        let message = taken.stored_as(id);
         let owner = row.waiting.first().and_then(|waiter| waiter.origin);
-        self.hub.send_to_user_except(
-            message.from_id,
-            owner,
-            &ServerEvent::MessageSent { message: &message }.to_outbound(),
-        );
-        self.hub.send_to_user(
-            message.to_id,
-            &ServerEvent::NewMessage { message: &message }.to_outbound(),
-        );
-        for (n, waiter) in row.waiting.drain(..).enumerate() {
-            let _ = waiter.reply.send(Ok(Stored {
+        // Serialized only for someone to get it: most senders have no other socket open.
+        if self.hub.reaches(message.from_id, owner) {
+            self.hub.send_to_user_except(
+                message.from_id,
+                owner,
+                &ServerEvent::MessageSent { message: &message }.to_outbound(),
+            );
+        }
+        if self.hub.reaches(message.to_id, None) {
+            self.hub.send_to_user(
+                message.to_id,
+                &ServerEvent::NewMessage { message: &message }.to_outbound(),
+            );
+        }
+        let mut waiting = row.waiting.drain(..);
+        let first = waiting.next();
+        for waiter in waiting {
+            let stored = Stored {
                 message: message.clone(),
-                created: n == 0,
+                created: false,
+            };
+            let _ = waiter.reply.send(Ok(stored));
+        }
+        if let Some(waiter) = first {
+            let _ = waiter.reply.send(Ok(Stored {
+                message,
+                created: true,
             }));
         }
     }
@@ -312,4 +456,74 @@ fn fold(batch: Vec<WriteRequest>) -> Vec<Row> {
         }
     }
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(
+        from: UserId,
+        client_id: Option<&str>,
+    ) -> (WriteRequest, oneshot::Receiver<Result<Stored, WriteError>>) {
+        let (reply, answer) = oneshot::channel();
+        let message = NewMessage {
+            from_id: from,
+            to_id: 2,
+            content: "hi".into(),
+            client_id: client_id.map(str::to_owned),
+            timestamp: now(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let request = WriteRequest {
+            message,
+            origin: None,
+            deadline,
+            reply,
+        };
+        (request, answer)
+    }
+
+    #[tokio::test]
+    async fn a_cycle_takes_both_queues_and_drains_them_on_shutdown() {
+        let (requests, request_queue) = mpsc::channel(16);
+        let (written, written_queue) = mpsc::channel(16);
+        let mut inbox = Inbox {
+            requests: request_queue,
+            written: written_queue,
+            closing: false,
+        };
+        let shutdown = CancellationToken::new();
+        let (first, _first_answer) = request(1, None);
+        requests.send(first).await.unwrap();
+        written.send(7).await.unwrap();
+        written.send(8).await.unwrap();
+        let cycle = inbox.next(&shutdown).await.unwrap();
+        assert_eq!((cycle.requests.len(), cycle.written), (1, vec![7, 8]));
+
+        written.send(9).await.unwrap();
+        shutdown.cancel();
+        let cycle = inbox.next(&shutdown).await.unwrap();
+        assert_eq!(cycle.written, vec![9], "accepted work is still done");
+        assert!(inbox.next(&shutdown).await.is_none());
+        assert!(written.try_send(10).is_err(), "nothing new once closed");
+        let (late, _late_answer) = request(1, None);
+        assert!(requests.send(late).await.is_err());
+    }
+
+    #[test]
+    fn one_row_per_client_id_and_none_for_those_who_left() {
+        let (a, _a) = request(1, Some("k"));
+        let (b, _b) = request(1, Some("k"));
+        let (c, _c) = request(2, Some("k"));
+        let (d, d_answer) = request(1, None);
+        drop(d_answer);
+        let rows = fold(vec![a, b, c, d]);
+        let waiting: Vec<usize> = rows.iter().map(|row| row.waiting.len()).collect();
+        assert_eq!(
+            waiting,
+            vec![2, 1],
+            "the same key of another sender is another row"
+        );
+    }
 }

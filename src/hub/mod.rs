@@ -118,6 +118,14 @@ impl Hub {
         }
     }
 
+    /// Whether `user` has a connection other than `except`: an event nobody would get is not worth
+    /// serializing.
+    pub fn reaches(&self, user: UserId, except: Option<ConnectionId>) -> bool {
+        self.shard(user)
+            .get(&user)
+            .is_some_and(|handles| handles.iter().any(|h| Some(h.id) != except))
+    }
+
     pub fn is_online(&self, user: UserId) -> bool {
         self.shard(user).contains_key(&user)
     }

@@ -2,7 +2,7 @@ use std::borrow::Borrow;
 
 use sqlx::{AssertSqlSafe, types::time::OffsetDateTime};
 
-use super::{Store, StoreResult, on_pool, users::json_array};
+use super::{Store, StoreError, StoreResult, on_pool, users::json_array};
 use crate::domain::{Message, MessageId, NewMessage, Receipt, User, UserId};
 
 const MESSAGE_COLUMNS: &str =
@@ -43,21 +43,55 @@ struct ConversationRow {
     unread: i64,
 }
 
+/// What one group-commit transaction stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// The id of each message, in order, or `None` where its `(from_id, client_id)` was stored before.
+    pub ids: Vec<Option<MessageId>>,
+    /// The messages this transaction marked delivered (those that were not yet).
+    pub receipts: Vec<Receipt>,
+}
+
 impl Store {
-    /// Commits a batch of messages in one transaction and answers the id of each, in order, or `None`
-    /// where its `(from_id, client_id)` was already stored (the caller reads that row back). Any other
-    /// failure fails the whole batch; the caller makes sure no key appears twice in one batch.
+    /// Commits a batch of messages, and marks `delivered` delivered at `delivered_at`, in one
+    /// transaction: one commit (one fsync) for both. Answers the id of each message, in order, or
+    /// `None` where its `(from_id, client_id)` was already stored (the caller reads that row back),
+    /// and exactly the receipts whose row changed. Any other failure fails the whole transaction; the
+    /// caller makes sure no key appears twice in one batch.
+    pub async fn commit<M: Borrow<NewMessage>>(
+        &self,
+        batch: &[M],
+        delivered: &[MessageId],
+        delivered_at: OffsetDateTime,
+    ) -> StoreResult<Committed> {
+        if batch.is_empty() && delivered.is_empty() {
+            return Ok(Committed::default());
+        }
+        match self {
+            Store::Postgres(pool) => commit_postgres(pool, batch, delivered, delivered_at).await,
+            Store::Sqlite { writer, .. } => {
+                commit_sqlite(writer, batch, delivered, delivered_at).await
+            }
+        }
+    }
+
+    /// Commits a batch of messages in one transaction (see [`Store::commit`]).
     pub async fn insert_messages<M: Borrow<NewMessage>>(
         &self,
         batch: &[M],
     ) -> StoreResult<Vec<Option<MessageId>>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        match self {
-            Store::Postgres(pool) => insert_postgres(pool, batch).await,
-            Store::Sqlite { writer, .. } => insert_sqlite(writer, batch).await,
-        }
+        Ok(self.commit(batch, &[], crate::domain::now()).await?.ids)
+    }
+
+    /// Sets `delivered_at` on those of `ids` that had none; answers exactly the rows it changed, so each
+    /// message's sender hears of its delivery once.
+    pub async fn mark_delivered(
+        &self,
+        ids: &[MessageId],
+        at: OffsetDateTime,
+    ) -> StoreResult<Vec<Receipt>> {
+        let none: &[NewMessage] = &[];
+        Ok(self.commit(none, ids, at).await?.receipts)
     }
 
     pub async fn message_by_client_id(
@@ -110,39 +144,6 @@ impl Store {
                 .await?
         });
         Ok(messages)
-    }
-
-    /// Sets `delivered_at` on those of `ids` that had none; answers exactly the rows it changed, so each
-    /// message's sender hears of its delivery once.
-    pub async fn mark_delivered(
-        &self,
-        ids: &[MessageId],
-        at: OffsetDateTime,
-    ) -> StoreResult<Vec<Receipt>> {
-        let receipts = match self {
-            Store::Postgres(pool) => {
-                sqlx::query_as::<_, Receipt>(
-                    "UPDATE messages SET delivered_at = $2 \
-                     WHERE id = ANY($1) AND delivered_at IS NULL RETURNING id, from_id, to_id",
-                )
-                .bind(ids)
-                .bind(at)
-                .fetch_all(pool)
-                .await?
-            }
-            Store::Sqlite { writer, .. } => {
-                sqlx::query_as::<_, Receipt>(
-                    "UPDATE messages SET delivered_at = $2 \
-                     WHERE id IN (SELECT value FROM json_each($1)) AND delivered_at IS NULL \
-                     RETURNING id, from_id, to_id",
-                )
-                .bind(json_array(ids))
-                .bind(at)
-                .fetch_all(writer)
-                .await?
-            }
-        };
-        Ok(receipts)
     }
 
     /// `reader` marks one message sent to them as seen; answers the row if it changed. A message seen
@@ -289,74 +290,147 @@ impl Store {
     }
 }
 
-/// One statement for the whole batch. Ids are taken from the sequence first so that each row of the
-/// answer can be matched to its request, whatever order `RETURNING` uses.
+/// Ids are taken from the sequence first, so that each row of the answer can be matched to its
+/// request whatever order `RETURNING` uses; then one statement inserts the whole batch.
 ///
-/// The insert runs in an explicit transaction although it is one statement: a caller that gives up
-/// (its deadline passed) drops the future, and without a COMMIT sent the rows can never land later,
-/// when a lock that held the statement is released.
-async fn insert_postgres<M: Borrow<NewMessage>>(
+/// The transaction is explicit even for one statement: a caller that gives up (its deadline passed)
+/// drops the future, and without a COMMIT sent the rows can never land later, when a lock that held
+/// the statement is released.
+async fn commit_postgres<M: Borrow<NewMessage>>(
     pool: &sqlx::PgPool,
     batch: &[M],
-) -> StoreResult<Vec<Option<MessageId>>> {
+    delivered: &[MessageId],
+    delivered_at: OffsetDateTime,
+) -> StoreResult<Committed> {
     let mut tx = pool.begin().await?;
-    let ids: Vec<i64> =
-        sqlx::query_scalar("SELECT nextval('messages_id_seq') FROM generate_series(1, $1)")
+    let mut ids: Vec<i64> = Vec::new();
+    let mut inserted = std::collections::HashSet::new();
+    if !batch.is_empty() {
+        ids = sqlx::query_scalar("SELECT nextval('messages_id_seq') FROM generate_series(1, $1)")
             .bind(batch.len() as i64)
             .fetch_all(&mut *tx)
             .await?;
-    let from: Vec<i64> = batch.iter().map(|m| m.borrow().from_id).collect();
-    let to: Vec<i64> = batch.iter().map(|m| m.borrow().to_id).collect();
-    let content: Vec<&str> = batch.iter().map(|m| m.borrow().content.as_str()).collect();
-    let timestamps: Vec<OffsetDateTime> = batch.iter().map(|m| m.borrow().timestamp).collect();
-    let client_ids: Vec<Option<&str>> = batch
-        .iter()
-        .map(|m| m.borrow().client_id.as_deref())
-        .collect();
-    let inserted: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO messages (id, from_id, to_id, content, timestamp, client_id) \
-         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], \
-                              $5::timestamptz[], $6::text[]) \
-         ON CONFLICT (from_id, client_id) DO NOTHING RETURNING id",
-    )
-    .bind(&ids)
-    .bind(&from)
-    .bind(&to)
-    .bind(&content)
-    .bind(&timestamps)
-    .bind(&client_ids)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    let inserted: std::collections::HashSet<i64> = inserted.into_iter().collect();
-    Ok(ids
-        .into_iter()
-        .map(|id| inserted.contains(&id).then_some(id))
-        .collect())
-}
-
-/// SQLite's one writer runs one prepared statement per row inside a single transaction: the commit
-/// (and its fsync) is what the batch shares.
-async fn insert_sqlite<M: Borrow<NewMessage>>(
-    writer: &sqlx::SqlitePool,
-    batch: &[M],
-) -> StoreResult<Vec<Option<MessageId>>> {
-    let mut tx = writer.begin().await?;
-    let mut ids = Vec::with_capacity(batch.len());
-    for message in batch.iter().map(Borrow::borrow) {
-        let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO messages (from_id, to_id, content, timestamp, client_id) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (from_id, client_id) DO NOTHING RETURNING id",
+        let from: Vec<i64> = batch.iter().map(|m| m.borrow().from_id).collect();
+        let to: Vec<i64> = batch.iter().map(|m| m.borrow().to_id).collect();
+        let content: Vec<&str> = batch.iter().map(|m| m.borrow().content.as_str()).collect();
+        let timestamps: Vec<OffsetDateTime> = batch.iter().map(|m| m.borrow().timestamp).collect();
+        let client_ids: Vec<Option<&str>> = batch
+            .iter()
+            .map(|m| m.borrow().client_id.as_deref())
+            .collect();
+        let rows: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO messages (id, from_id, to_id, content, timestamp, client_id) \
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], \
+                                  $5::timestamptz[], $6::text[]) \
+             ON CONFLICT (from_id, client_id) DO NOTHING RETURNING id",
         )
-        .bind(message.from_id)
-        .bind(message.to_id)
-        .bind(&message.content)
-        .bind(message.timestamp)
-        .bind(message.client_id.as_deref())
-        .fetch_optional(&mut *tx)
+        .bind(&ids)
+        .bind(&from)
+        .bind(&to)
+        .bind(&content)
+        .bind(&timestamps)
+        .bind(&client_ids)
+        .fetch_all(&mut *tx)
         .await?;
-        ids.push(id);
+        inserted.extend(rows);
+    }
+    let mut receipts = Vec::new();
+    if !delivered.is_empty() {
+        receipts = sqlx::query_as::<_, Receipt>(
+            "UPDATE messages SET delivered_at = $2 \
+             WHERE id = ANY($1) AND delivered_at IS NULL RETURNING id, from_id, to_id",
+        )
+        .bind(delivered)
+        .bind(delivered_at)
+        .fetch_all(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
-    Ok(ids)
+    Ok(Committed {
+        ids: ids
+            .into_iter()
+            .map(|id| inserted.contains(&id).then_some(id))
+            .collect(),
+        receipts,
+    })
+}
+
+/// SQLite's one writer: the batch travels as one JSON array that `json_each` unpacks, so the whole
+/// batch is one statement and one hop to the driver's thread (a prepared statement per row costs a
+/// hop each). Ids are given explicitly, counting on from `sqlite_sequence`: `BEGIN IMMEDIATE` takes
+/// the write lock first, so nobody else can take the same ones, and each answer row can be matched to
+/// its request.
+async fn commit_sqlite<M: Borrow<NewMessage>>(
+    writer: &sqlx::SqlitePool,
+    batch: &[M],
+    delivered: &[MessageId],
+    delivered_at: OffsetDateTime,
+) -> StoreResult<Committed> {
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    let mut ids = Vec::new();
+    let mut inserted = std::collections::HashSet::new();
+    if !batch.is_empty() {
+        let last: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0)",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        ids = (1..=batch.len() as i64).map(|n| last + n).collect();
+        let rows: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO messages (id, from_id, to_id, content, timestamp, client_id) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 \
+             FROM json_each($1) WHERE true \
+             ON CONFLICT (from_id, client_id) DO NOTHING RETURNING id",
+        )
+        .bind(sqlite_rows(batch, &ids)?)
+        .fetch_all(&mut *tx)
+        .await?;
+        inserted.extend(rows);
+    }
+    let mut receipts = Vec::new();
+    if !delivered.is_empty() {
+        receipts = sqlx::query_as::<_, Receipt>(
+            "UPDATE messages SET delivered_at = $2 \
+             WHERE id IN (SELECT value FROM json_each($1)) AND delivered_at IS NULL \
+             RETURNING id, from_id, to_id",
+        )
+        .bind(json_array(delivered))
+        .bind(delivered_at)
+        .fetch_all(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Committed {
+        ids: ids
+            .into_iter()
+            .map(|id| inserted.contains(&id).then_some(id))
+            .collect(),
+        receipts,
+    })
+}
+
+/// The batch as a JSON array of `[id, from_id, to_id, content, timestamp, client_id]` rows, the
+/// timestamp written as sqlx writes it (RFC 3339) so every row reads back alike.
+fn sqlite_rows<M: Borrow<NewMessage>>(batch: &[M], ids: &[i64]) -> StoreResult<String> {
+    let rows = batch
+        .iter()
+        .map(Borrow::borrow)
+        .zip(ids)
+        .map(|(message, id)| {
+            let timestamp = message
+                .timestamp
+                .format(&time::format_description::well_known::Rfc3339)
+                .map_err(|error| StoreError::Other(sqlx::Error::Encode(Box::new(error))))?;
+            Ok((
+                id,
+                message.from_id,
+                message.to_id,
+                message.content.as_str(),
+                timestamp,
+                message.client_id.as_deref(),
+            ))
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    serde_json::to_string(&rows)
+        .map_err(|error| StoreError::Other(sqlx::Error::Encode(Box::new(error))))
 }

@@ -17,7 +17,7 @@ use sqlx::{
 };
 
 pub use known_users::KnownUsers;
-pub use messages::{ConversationSummary, HistoryPage, SeenReceipt};
+pub use messages::{Committed, ConversationSummary, HistoryPage, SeenReceipt};
 pub use tokens::{RefreshTokenRecord, Rotation};
 pub use users::Identity;
 
