@@ -14,7 +14,7 @@ use std::{
 };
 
 use futures_util::{
-    SinkExt, StreamExt,
+    FutureExt, SinkExt, StreamExt,
     stream::{FuturesOrdered, SplitSink, SplitStream},
 };
 use tokio::sync::mpsc;
@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::{
 };
 
 use super::{
-    WebSocket,
+    WRITE_BUFFER, WebSocket,
     protocol::{self, ClientEvent, FrameError},
 };
 use crate::{
@@ -45,6 +45,8 @@ const BACKLOG_PAGE: u32 = 200;
 const MAX_IN_FLIGHT: usize = 16;
 /// Pauses before the second and third try of a backlog read that failed.
 const BACKLOG_RETRIES: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(1)];
+/// Queued events written with one flush at most; then the socket looks at its other work again.
+const BURST: usize = 64;
 
 type Sink = SplitSink<WebSocket, WsMessage>;
 /// The answer to one client frame, once the database has spoken: a frame to write, or nothing.
@@ -88,6 +90,7 @@ pub async fn run(app: Arc<App>, user: UserId, socket: WebSocket) {
         sink,
         backlog_sent: HashSet::new(),
         in_flight: FuturesOrdered::new(),
+        delivers: Vec::new(),
     };
     // A close request (queue overflow, shutdown) ends the socket even while a write to a client that
     // stopped reading is pending: the whole loop races the request, not each await inside it.
@@ -139,6 +142,8 @@ struct Socket {
     backlog_sent: HashSet<MessageId>,
     /// Client frames waiting for the database, answered in the order they came.
     in_flight: FuturesOrdered<Pending>,
+    /// Messages fed since the last flush, recorded as delivered once it is done.
+    delivers: Vec<MessageId>,
 }
 
 impl Socket {
@@ -161,9 +166,7 @@ impl Socket {
         loop {
             tokio::select! {
                 Some(answer) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    if let Some(frame) = answer
-                        && self.write(&frame).await.is_err()
-                    {
+                    if self.write_answers(answer).await.is_err() {
                         return Ending::WriteFailed;
                     }
                 }
@@ -201,7 +204,7 @@ impl Socket {
                 }
                 outbound = queue.recv(), if backlog.is_none() => {
                     let Some(outbound) = outbound else { return Ending::Close(CloseCode::GoingAway) };
-                    if self.forward(outbound).await.is_err() {
+                    if self.forward(outbound, queue).await.is_err() {
                         return Ending::WriteFailed;
                     }
                 }
@@ -219,6 +222,31 @@ impl Socket {
 
     async fn write(&mut self, frame: &str) -> Result<(), ()> {
         self.sink.send(WsMessage::text(frame)).await.map_err(|_| ())
+    }
+
+    /// Buffers a frame without writing it to the connection yet: `flush` writes what was fed in one
+    /// go, so a burst of events costs one system call, not one per frame.
+    async fn feed(&mut self, frame: &str) -> Result<(), ()> {
+        self.sink.feed(WsMessage::text(frame)).await.map_err(|_| ())
+    }
+
+    async fn flush(&mut self) -> Result<(), ()> {
+        self.sink.flush().await.map_err(|_| ())
+    }
+
+    /// Writes `first` and every later answer that is ready too, in send order, with one flush.
+    async fn write_answers(&mut self, first: Option<Arc<str>>) -> Result<(), ()> {
+        let mut answer = first;
+        for _ in 0..MAX_IN_FLIGHT {
+            if let Some(frame) = answer {
+                self.feed(&frame).await?;
+            }
+            match self.in_flight.next().now_or_never() {
+                Some(Some(next)) => answer = next,
+                _ => break,
+            }
+        }
+        self.flush().await
     }
 
     /// Writes the answers still owed, for as long as the database and the client allow.
@@ -257,24 +285,61 @@ impl Socket {
         })
     }
 
+    /// Writes a page of the backlog, flushing once per `WRITE_BUFFER` bytes; the messages count as
+    /// delivered once their flush is done.
     async fn send_backlog(&mut self, page: &[Message]) -> Result<(), ()> {
+        let mut fed = 0;
         for message in page {
             let frame = ServerEvent::NewMessage { message }.to_frame();
-            self.write(&frame).await?;
+            self.feed(&frame).await?;
+            fed += frame.len();
             self.backlog_sent.insert(message.id);
-            self.app.chat.delivered(message.id);
+            self.delivers.push(message.id);
+            if fed >= WRITE_BUFFER {
+                self.flush_deliveries().await?;
+                fed = 0;
+            }
         }
-        Ok(())
+        self.flush_deliveries().await
     }
 
-    async fn forward(&mut self, outbound: Outbound) -> Result<(), ()> {
-        if let Some(id) = outbound.delivers
-            && self.backlog_sent.remove(&id)
-        {
-            return Ok(());
+    /// Writes `first` and whatever else is queued already (up to `BURST` frames), flushing once per
+    /// `WRITE_BUFFER` bytes rather than once per frame. The messages among them count as delivered
+    /// once their flush is done, not when they were fed: a socket closed mid-flush (1013, a client
+    /// that stopped reading) leaves at most one buffer's worth undelivered-but-maybe-seen, which its
+    /// next connection gets again.
+    async fn forward(
+        &mut self,
+        first: Outbound,
+        queue: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<(), ()> {
+        let mut outbound = first;
+        let mut fed = 0;
+        for _ in 0..BURST {
+            match outbound.delivers {
+                Some(id) if self.backlog_sent.remove(&id) => {}
+                delivers => {
+                    self.feed(&outbound.frame).await?;
+                    fed += outbound.frame.len();
+                    self.delivers.extend(delivers);
+                }
+            }
+            if fed >= WRITE_BUFFER {
+                self.flush_deliveries().await?;
+                fed = 0;
+            }
+            match queue.try_recv() {
+                Ok(next) => outbound = next,
+                Err(_) => break,
+            }
         }
-        self.write(&outbound.frame).await?;
-        if let Some(id) = outbound.delivers {
+        self.flush_deliveries().await
+    }
+
+    /// Flushes what was fed, then records the messages in it as delivered.
+    async fn flush_deliveries(&mut self) -> Result<(), ()> {
+        self.flush().await?;
+        for id in self.delivers.drain(..) {
             self.app.chat.delivered(id);
         }
         Ok(())

@@ -40,6 +40,9 @@ pub type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 const WIRE_SLACK: usize = 1024;
 /// What a socket reads at a time; a larger frame grows the buffer as it arrives.
 const READ_BUFFER: usize = 4 * 1024;
+/// Frames fed in one burst are written out once they pass this much: the buffer keeps its capacity
+/// for the socket's life, so it must stay small.
+pub(crate) const WRITE_BUFFER: usize = 8 * 1024;
 
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let with_user = warp::path!("ws" / "chat" / String).map(Some);
@@ -113,6 +116,7 @@ async fn upgrade(
     let max = app.config.limits.max_frame_bytes + WIRE_SLACK;
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .max_frame_size(Some(max))
         .max_message_size(Some(max));
     let sockets = app.sockets.clone();

@@ -310,6 +310,41 @@ on_both_backends! {
         app.stop().await;
     }
 
+    async fn a_fast_sender_that_reads_is_never_closed_and_hears_acks_in_send_order(backend: Backend) {
+        // Acks are answers, not queued events: a queue of 16 does not limit a socket's own outbox.
+        let app = TestApp::spawn_with(backend, |config| config.limits.outbound_queue = 16).await;
+        let alice = app.dev_login("alice").await;
+        let bob = app.dev_login("bob").await;
+        let mut sending = app.connect(&alice).await;
+        let (acknowledged, receipts) = flush_outbox(&mut sending, bob.id, 200, false).await;
+        let in_send_order: Vec<String> = (0..200).map(|n| format!("c-{n}")).collect();
+        assert_eq!(acknowledged, in_send_order, "acks come in the order the messages were sent");
+        assert_eq!(receipts, 0, "bob is offline");
+        sending.ping_pong().await;
+        app.stop().await;
+    }
+
+    async fn a_fast_sender_hears_every_ack_and_receipt_while_its_peer_reads_along(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let alice = app.dev_login("alice").await;
+        let bob = app.dev_login("bob").await;
+        let mut receiving = app.connect(&bob).await;
+        let mut sending = app.connect(&alice).await;
+        let reader = tokio::spawn(async move {
+            let mut ids = Vec::new();
+            while ids.len() < 200 {
+                ids.push(receiving.until("new_message").await["message"]["id"].as_i64().unwrap());
+            }
+            ids
+        });
+        let (acknowledged, receipts) = flush_outbox(&mut sending, bob.id, 200, true).await;
+        assert_eq!(acknowledged.len(), 200);
+        assert_eq!(receipts, 200, "one receipt per message");
+        let ids = reader.await.unwrap();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "bob reads them in order, once each");
+        app.stop().await;
+    }
+
     async fn connections_per_user_are_capped(backend: Backend) {
         let app = TestApp::spawn_with(backend, |config| config.limits.max_connections_per_user = 2).await;
         let alice = app.dev_login("alice").await;
@@ -332,4 +367,36 @@ on_both_backends! {
         .await;
         app.stop().await;
     }
+}
+
+/// Sends `count` messages back to back before reading any answer (an outbox flushed at once: far
+/// more than a socket's 16 in flight), then reads every ack, and every receipt too when `receipts`.
+/// Answers the client ids in the order they were acknowledged, and how many receipts came.
+async fn flush_outbox(
+    ws: &mut WsClient,
+    to: i64,
+    count: usize,
+    receipts: bool,
+) -> (Vec<String>, usize) {
+    for n in 0..count {
+        ws.send_json(&json!({"event": "message", "to": to, "message": format!("outbox line {n}"), "client_id": format!("c-{n}")}))
+            .await;
+    }
+    let mut acknowledged = Vec::new();
+    let mut delivered = 0;
+    while acknowledged.len() < count || (receipts && delivered < count) {
+        let event = tokio::time::timeout(Duration::from_secs(10), ws.next_frame())
+            .await
+            .expect("answers keep coming")
+            .unwrap_or_else(|| panic!("the socket was closed with {:?}", ws.close_code()));
+        match event["event"].as_str().unwrap_or_default() {
+            "message_sent" => {
+                acknowledged.push(event["message"]["client_id"].as_str().unwrap().to_owned())
+            }
+            "message_delivered" => delivered += 1,
+            "user_connected" | "user_disconnected" => {}
+            _ => panic!("unexpected {event}"),
+        }
+    }
+    (acknowledged, delivered)
 }
