@@ -109,9 +109,19 @@ impl ContentChecker {
         if text.len() > max && text.chars().count() > max {
             return Err(ContentRejection::TooLong { max });
         }
-        let mut stored = self.sanitizer.clean(text).to_string();
+        // Most messages are plain words: parsing them as HTML would give them back unchanged.
+        let plain = is_plain(text);
+        let mut stored = if plain {
+            text.to_owned()
+        } else {
+            self.sanitizer.clean(text).to_string()
+        };
         settle(&mut stored);
-        let visible = visible::text(&stored);
+        let visible = if plain {
+            std::borrow::Cow::Borrowed(stored.as_str())
+        } else {
+            std::borrow::Cow::Owned(visible::text(&stored))
+        };
         if visible::is_blank(&visible) {
             return Err(ContentRejection::Empty);
         }
@@ -326,6 +336,15 @@ fn refused_scheme(scheme: &str) -> String {
 
 fn blocked_domain() -> ContentRejection {
     ContentRejection::UrlBlocked("links to that domain are not allowed".into())
+}
+
+/// Text that the sanitizer gives back as it is and that shows as it is: printable ASCII, spaces,
+/// tabs and line feeds, and none of the characters that start markup (`<`, `>`, `&`).
+fn is_plain(text: &str) -> bool {
+    text.bytes().all(|b| {
+        (b.is_ascii_graphic() && !matches!(b, b'<' | b'>' | b'&'))
+            || matches!(b, b' ' | b'\t' | b'\n')
+    })
 }
 
 /// Makes the sanitized text what sanitizing it again gives, so stored text passes the checks unchanged:
@@ -722,6 +741,17 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn plain_text_is_what_the_sanitizer_gives_back(text in "[ -%'-;=?-~\t\n]{0,300}") {
+            let trimmed = text.trim();
+            prop_assume!(is_plain(trimmed));
+            let checker = checker();
+            let mut sanitized = checker.sanitizer.clean(trimmed).to_string();
+            settle(&mut sanitized);
+            prop_assert_eq!(&sanitized, trimmed);
+            prop_assert_eq!(visible::text(&sanitized), trimmed);
+        }
+
         #[test]
         fn what_is_stored_passes_the_rules_again(text in "(.|\\x00){0,300}") {
             assert_storable(&text)?;
