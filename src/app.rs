@@ -58,6 +58,22 @@ pub struct RunningServer {
     http: tokio::task::JoinHandle<()>,
 }
 
+/// Connections the kernel holds for the server before it accepts them. The default (128 with std's
+/// `bind`) overflows when thousands of clients reconnect at once, and each one that overflowed waits
+/// out TCP's one-second retry; the kernel still caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A listener on `addr` with room for a reconnect storm in its accept queue.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// Opens the database, migrates, and serves HTTP and WebSocket on `listener` until `stop`.
 pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServer, StartError> {
     let addr = listener.local_addr().map_err(StartError::Listener)?;

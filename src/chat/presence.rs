@@ -16,6 +16,7 @@ use std::{
 };
 
 use futures_util::{StreamExt, stream};
+use sqlx::types::time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -120,11 +121,13 @@ impl Announcer {
                 if users.is_empty() {
                     break;
                 }
+                let at = now();
                 let outcomes: Vec<Announced> = stream::iter(users)
-                    .map(|user| self.announce(user, shown_online.contains(&user)))
+                    .map(|user| self.announce(user, shown_online.contains(&user), at))
                     .buffer_unordered(CONCURRENT_ANNOUNCEMENTS)
                     .collect()
                     .await;
+                let mut gone = Vec::new();
                 for outcome in outcomes {
                     match outcome {
                         Announced::Online(user) => {
@@ -132,12 +135,20 @@ impl Announcer {
                         }
                         Announced::Offline(user) => {
                             shown_online.remove(&user);
+                            gone.push(user);
                         }
                         Announced::Failed(user) => {
                             retry.insert(user);
                         }
                         Announced::Unchanged => {}
                     }
+                }
+                // After the events, and off their order: a slow write delays nobody's presence, and
+                // a thousand sockets closing at once cost one write, not a thousand.
+                let stored =
+                    tokio::time::timeout(self.timeout, self.store.set_last_seen_many(&gone, at));
+                if !matches!(stored.await, Ok(Ok(()))) {
+                    tracing::warn!(users = gone.len(), "storing last_seen_at failed");
                 }
             }
         }
@@ -154,7 +165,7 @@ impl Announcer {
     }
 
     /// Tells `user`'s peers what the hub says now, if that is not what they were told last.
-    async fn announce(&self, user: UserId, shown_online: bool) -> Announced {
+    async fn announce(&self, user: UserId, shown_online: bool, at: OffsetDateTime) -> Announced {
         let online = self.hub.is_online(user);
         if online == shown_online {
             return Announced::Unchanged;
@@ -176,19 +187,12 @@ impl Announcer {
             self.tell(user, &peers, &event);
             return Announced::Online(user);
         }
-        let last_seen_at = now();
         let event = ServerEvent::UserDisconnected {
             user_id: user,
-            last_seen_at,
+            last_seen_at: at,
         }
         .to_outbound();
         self.tell(user, &peers, &event);
-        // After the event, and off the order of events: a slow write delays nobody's presence.
-        let stored =
-            tokio::time::timeout(self.timeout, self.store.set_last_seen(user, last_seen_at));
-        if !matches!(stored.await, Ok(Ok(()))) {
-            tracing::warn!(user, "storing last_seen_at failed");
-        }
         Announced::Offline(user)
     }
 

@@ -11,7 +11,7 @@ pub async fn run(args: &ServeArgs) -> Result<(), CommandError> {
     }
     crate::telemetry::init(&config.log);
     let addr = config.listen_addr()?;
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|error| {
+    let listener = app::bind(addr).map_err(|error| {
         CommandError::Runtime(format!(
             "cannot listen on {addr}: {error}; change server.listen (TEACHLYD_LISTEN) or --listen"
         ))

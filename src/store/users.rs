@@ -116,15 +116,7 @@ impl Store {
         Ok(users)
     }
 
-    pub async fn set_last_seen(&self, id: UserId, at: OffsetDateTime) -> StoreResult<()> {
-        let sql = "UPDATE users SET last_seen_at = $2 WHERE id = $1";
-        on_pool!(self, write, |pool| {
-            sqlx::query(sql).bind(id).bind(at).execute(pool).await?;
-        });
-        Ok(())
-    }
-
-    /// Stores one `last_seen_at` for many users at once (shutdown).
+    /// Stores one `last_seen_at` for many users at once.
     pub async fn set_last_seen_many(&self, ids: &[UserId], at: OffsetDateTime) -> StoreResult<()> {
         if ids.is_empty() {
             return Ok(());

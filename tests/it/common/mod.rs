@@ -12,7 +12,6 @@ use teachlyd::{
     app::{self, RunningServer},
     config::Config,
 };
-use tokio::net::TcpListener;
 
 pub use db::{Backend, TestDb};
 pub use ws::{RawSocket, WsClient};
@@ -190,9 +189,8 @@ impl TestApp {
 }
 
 async fn start(config: Config) -> RunningServer {
-    let listener = TcpListener::bind(&config.server.listen)
-        .await
-        .expect("bind a port on 127.0.0.1");
+    let addr = config.server.listen.parse().expect("a socket address");
+    let listener = app::bind(addr).expect("bind a port on 127.0.0.1");
     app::start(config, listener)
         .await
         .expect("the server starts")
