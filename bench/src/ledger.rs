@@ -190,6 +190,45 @@ impl Ledger {
         self.dropped_sockets += other.dropped_sockets;
     }
 
+    /// A few lost and unreceipted messages, named by stream, sequence number and id, for the notes.
+    pub fn missing_examples(&self, at_most: usize) -> Vec<String> {
+        let mut lost: Vec<(Key, MessageId)> = self
+            .acked
+            .iter()
+            .filter(|(id, _)| !self.received.contains_key(id))
+            .map(|(id, key)| (*key, *id))
+            .collect();
+        let mut unreceipted: Vec<MessageId> = self
+            .received
+            .keys()
+            .filter(|id| !self.receipted.contains(id))
+            .copied()
+            .collect();
+        lost.sort_unstable_by_key(|(key, id)| (key.stream, key.seq, *id));
+        unreceipted.sort_unstable();
+        let mut notes = Vec::new();
+        if !lost.is_empty() {
+            let named: Vec<String> = lost
+                .iter()
+                .take(at_most)
+                .map(|(key, id)| format!("message {id} (stream {} seq {})", key.stream, key.seq))
+                .collect();
+            notes.push(format!("lost: {}", named.join(", ")));
+        }
+        if !unreceipted.is_empty() {
+            let named: Vec<String> = unreceipted
+                .iter()
+                .take(at_most)
+                .map(|id| match self.acked.get(id) {
+                    Some(key) => format!("message {id} (stream {} seq {})", key.stream, key.seq),
+                    None => format!("message {id}"),
+                })
+                .collect();
+            notes.push(format!("unreceipted: {}", named.join(", ")));
+        }
+        notes
+    }
+
     pub fn verdict(&self) -> ExactlyOnce {
         let lost = self
             .acked

@@ -97,6 +97,7 @@ pub(crate) async fn run(context: &Context<'_>, pairs: u32, mode: Loop) -> anyhow
             0.0
         }
     };
+    notes.extend(total.ledger.missing_examples(5));
     notes.extend(total.closes.note("sockets closed by the server"));
     notes.extend(total.odd.note("unexpected frames"));
     notes.extend(total.disorder.note("reordered"));

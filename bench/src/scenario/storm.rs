@@ -11,7 +11,10 @@ use std::{
 use anyhow::Context as _;
 use futures_util::{SinkExt, StreamExt, TryStreamExt, stream};
 use serde_json::json;
-use tokio::time::{timeout, timeout_at};
+use tokio::{
+    sync::{mpsc, watch},
+    time::{sleep_until, timeout, timeout_at},
+};
 
 use super::{Context, Examples};
 use crate::{
@@ -94,7 +97,11 @@ pub(crate) async fn run(context: &Context<'_>, args: &StormArgs) -> anyhow::Resu
     }
     let expected_total: u64 = expected.iter().map(|set| set.len() as u64).sum();
 
-    // 2. The storm: every recipient connects at once; the senders wait for their receipts.
+    // 2. The storm: every recipient connects at once; the senders wait for their receipts. The
+    //    recipients stay online until the receipts are in, as a real client would for a while: a
+    //    socket closed right after its last message is another test.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+    let (stop_tx, stop_rx) = watch::channel(false);
     let before = context.processes.sample();
     let first_connect = Instant::now();
     let deadline = first_connect + common.duration + common.settle;
@@ -114,10 +121,32 @@ pub(crate) async fn run(context: &Context<'_>, args: &StormArgs) -> anyhow::Resu
                 run: Arc::clone(&run),
                 deadline,
             };
-            tokio::spawn(reconnect.read(expected))
+            tokio::spawn(reconnect.read(expected, done_tx.clone(), stop_rx.clone()))
         })
         .collect();
+    drop(done_tx);
+    // Every recipient reports once, when its backlog is in or it gave up.
+    for _ in 0..recipients.len() {
+        if !matches!(
+            timeout_at(deadline.into(), done_rx.recv()).await,
+            Ok(Some(()))
+        ) {
+            break;
+        }
+    }
+    let after = context.processes.sample();
     let mut ledger = Ledger::default();
+    for task in receipts {
+        match task.await {
+            Ok(waited) => {
+                ledger.merge(waited.ledger);
+                unexpected += waited.unexpected;
+                closes.merge(waited.closes);
+            }
+            Err(error) => closes.add(format!("a sender's task failed: {error}")),
+        }
+    }
+    let _ = stop_tx.send(true);
     let mut connect = Latency::new();
     let mut backlog = Latency::new();
     let mut last_delivery: Option<Instant> = None;
@@ -147,22 +176,11 @@ pub(crate) async fn run(context: &Context<'_>, args: &StormArgs) -> anyhow::Resu
         closes.merge(arrival.closes);
         odd.merge(arrival.odd);
     }
-    let after = context.processes.sample();
-    for task in receipts {
-        match task.await {
-            Ok(waited) => {
-                ledger.merge(waited.ledger);
-                unexpected += waited.unexpected;
-                closes.merge(waited.closes);
-            }
-            Err(error) => closes.add(format!("a sender's task failed: {error}")),
-        }
-    }
 
     let storm_ms = last_delivery
         .map(|last| last.saturating_duration_since(first_connect).as_secs_f64() * 1000.0)
         .unwrap_or(0.0);
-    let mut notes = Vec::new();
+    let mut notes = ledger.missing_examples(5);
     notes.extend(closes.note("sockets closed by the server"));
     notes.extend(odd.note("unexpected frames"));
     Ok(Report {
@@ -409,8 +427,21 @@ struct Arrival {
 }
 
 impl Reconnect {
-    async fn read(self, mut expected: HashSet<MessageId>) -> Arrival {
+    /// Reads until the hello and the whole backlog are in (then says so on `done`), and on until
+    /// `stop`, counting whatever comes late or twice.
+    async fn read(
+        self,
+        mut expected: HashSet<MessageId>,
+        done: mpsc::UnboundedSender<()>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Arrival {
         let mut arrival = Arrival::default();
+        let mut done = Some(done);
+        let mut report_done = move || {
+            if let Some(done) = done.take() {
+                let _ = done.send(());
+            }
+        };
         let started = Instant::now();
         let mut socket = match timeout_at(self.deadline.into(), api::open(&self.url)).await {
             Ok(Ok(socket)) => socket,
@@ -419,6 +450,7 @@ impl Reconnect {
                 arrival
                     .closes
                     .add(format!("recipient {}: {error:#}", self.stream));
+                report_done();
                 return arrival;
             }
             Err(_) => {
@@ -426,14 +458,20 @@ impl Reconnect {
                 arrival
                     .closes
                     .add(format!("recipient {}: did not open in time", self.stream));
+                report_done();
                 return arrival;
             }
         };
         // Receptions of the same id are counted by the ledger; here only the first of each counts.
         let mut first_seen: HashSet<MessageId> = HashSet::new();
-        while arrival.connect.is_none() || !expected.is_empty() {
-            let Ok(frame) = timeout_at(self.deadline.into(), socket.next()).await else {
-                break;
+        loop {
+            if arrival.connect.is_some() && expected.is_empty() {
+                report_done();
+            }
+            let frame = tokio::select! {
+                frame = socket.next() => frame,
+                _ = stop.changed() => break,
+                () = sleep_until(self.deadline.into()) => break,
             };
             match Incoming::from_frame(frame) {
                 Incoming::Event(ServerEvent::UserConnected { user_id }) if user_id == self.user => {
@@ -489,6 +527,7 @@ impl Reconnect {
                 .closes
                 .add(format!("recipient {}: no hello", self.stream));
         }
+        report_done();
         let _ = timeout(CLOSE_LIMIT, socket.close(None)).await;
         arrival
     }
