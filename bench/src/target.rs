@@ -58,6 +58,17 @@ impl Target {
                 spawned: None,
             });
         }
+        let database = common.database.clone().unwrap_or_else(|| "sqlite".into());
+        let known = matches!(database.as_str(), "sqlite" | "postgres")
+            || ["sqlite:", "postgres://", "postgresql://"]
+                .iter()
+                .any(|scheme| database.starts_with(scheme));
+        if !known {
+            return Err(UsageError(format!(
+                "--database `{database}` must be sqlite, postgres, or a sqlite:/postgres:// URL"
+            ))
+            .into());
+        }
         let binary = common
             .spawn
             .clone()
@@ -70,7 +81,6 @@ impl Target {
             ))
             .into());
         }
-        let database = common.database.clone().unwrap_or_else(|| "sqlite".into());
         let dir = std::env::temp_dir().join(format!(
             "teachly-load-{}-{:08x}",
             std::process::id(),
@@ -113,16 +123,6 @@ async fn spawn(
     database: &str,
     dir: &Path,
 ) -> anyhow::Result<(Spawned, BaseUrl)> {
-    let known = matches!(database, "sqlite" | "postgres")
-        || ["sqlite:", "postgres://", "postgresql://"]
-            .iter()
-            .any(|scheme| database.starts_with(scheme));
-    if !known {
-        return Err(UsageError(format!(
-            "--database `{database}` must be sqlite, postgres, or a sqlite:/postgres:// URL"
-        ))
-        .into());
-    }
     let (database_url, fresh) = match database {
         "sqlite" => (format!("sqlite://{}", dir.join("load.db").display()), None),
         "postgres" => {
