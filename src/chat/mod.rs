@@ -8,6 +8,7 @@ mod writer;
 
 use std::{sync::Arc, time::Instant};
 
+use tokio::sync::oneshot;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use events::ServerEvent;
@@ -86,6 +87,42 @@ pub fn content_rules(config: &Config) -> ContentRules {
     }
 }
 
+/// A message's socket: it hears `message_sent` from its own answer, and its turn keeps the socket's
+/// messages in the order they were sent.
+pub struct FromSocket {
+    pub connection: ConnectionId,
+    pub turn: SendTurn,
+}
+
+/// One message's place in its socket's order. A socket's messages are checked and committed
+/// concurrently, but a check may wait for the database (is the recipient known?) while the next
+/// one does not: each message joins the commit queue only after the one sent before it joined it
+/// (or was refused), so ids, and so delivery and history, follow the order of sending.
+pub struct SendTurn {
+    after: Option<oneshot::Receiver<()>>,
+    queued: oneshot::Sender<()>,
+}
+
+impl SendTurn {
+    /// The turn of the next message; `last` is the previous message's, and becomes this one's.
+    pub fn next(last: &mut Option<oneshot::Receiver<()>>) -> Self {
+        let (queued, next) = oneshot::channel();
+        Self {
+            after: last.replace(next),
+            queued,
+        }
+    }
+
+    /// Waits until the message before this one is queued or refused; answers what tells the next
+    /// one that this one is (dropping it tells the same).
+    async fn wait(self) -> oneshot::Sender<()> {
+        if let Some(after) = self.after {
+            let _ = after.await;
+        }
+        self.queued
+    }
+}
+
 /// A socket's place in the hub. Dropping it (however the socket's task ends, a panic included)
 /// releases the place, so no ghost connection counts against the user's cap or shows them online.
 pub struct Registration {
@@ -150,26 +187,34 @@ impl Chat {
 
     /// Checks, stores and fans out one message; answers after the commit, or `unavailable` once
     /// `database.write_timeout` passed without one. A `client_id` already stored answers the stored
-    /// message with `created: false` and stores nothing. `origin` is the socket that sent it, which
-    /// hears `message_sent` from this answer rather than from the hub.
+    /// message with `created: false` and stores nothing. `socket` is the socket that sent it, which
+    /// hears `message_sent` from this answer rather than from the hub, and whose messages are stored
+    /// in the order it sent them.
     pub async fn send(
         &self,
         from: UserId,
         to: UserId,
         text: &str,
         client_id: Option<String>,
-        origin: Option<ConnectionId>,
+        socket: Option<FromSocket>,
     ) -> Result<Stored, ChatError> {
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        let socket = match socket {
+            Some(FromSocket { connection, turn }) => {
+                let queued = within(deadline, async { Ok(turn.wait().await) }).await?;
+                Some((connection, queued))
+            }
+            None => None,
+        };
         if let Some(client_id) = &client_id {
             validate_client_id(client_id)?;
         }
         if to == from {
             return Err(ChatError::InvalidRecipient);
         }
-        let deadline = tokio::time::Instant::now() + self.write_timeout;
         let attempt = within(
             deadline,
-            self.store_new(from, to, text, client_id.clone(), origin, deadline),
+            self.store_new(from, to, text, client_id.clone(), socket, deadline),
         );
         match attempt.await {
             // A retry of a message stored earlier is answered with it, even if a rule would refuse
@@ -197,9 +242,10 @@ impl Chat {
         to: UserId,
         text: &str,
         client_id: Option<String>,
-        origin: Option<ConnectionId>,
+        socket: Option<(ConnectionId, oneshot::Sender<()>)>,
         deadline: tokio::time::Instant,
     ) -> Result<Stored, ChatError> {
+        let (origin, queued) = socket.unzip();
         let content = self.checker.check(text)?;
         if !self.users.exists(to).await? {
             return Err(ChatError::UnknownRecipient(to));
@@ -213,7 +259,7 @@ impl Chat {
             client_id,
             timestamp: now(),
         };
-        match self.commits.write(message, origin, deadline).await {
+        match self.commits.write(message, origin, queued, deadline).await {
             Ok(stored) => Ok(stored),
             // A row of its own failed: most likely a user deleted behind the cache's back.
             Err(WriteError::Refused) => {

@@ -114,10 +114,12 @@ impl GroupCommit {
     /// Stores `message` and fans it out; answers once it is committed. The writer gives up on it
     /// shortly before `deadline`, and a message it gave up on is never stored later; the caller stops
     /// waiting at `deadline`.
+    /// `queued` hears once the message is in the queue, before it is committed.
     pub async fn write(
         &self,
         message: NewMessage,
         origin: Option<ConnectionId>,
+        queued: Option<oneshot::Sender<()>>,
         deadline: Instant,
     ) -> Result<Stored, WriteError> {
         let (reply, answer) = oneshot::channel();
@@ -131,6 +133,9 @@ impl GroupCommit {
             .send(request)
             .await
             .map_err(|_| WriteError::ShuttingDown)?;
+        if let Some(queued) = queued {
+            let _ = queued.send(());
+        }
         answer.await.map_err(|_| WriteError::ShuttingDown)?
     }
 

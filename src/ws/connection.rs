@@ -17,7 +17,7 @@ use futures_util::{
     FutureExt, SinkExt, StreamExt,
     stream::{FuturesOrdered, SplitSink, SplitStream},
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::{
     Error as WsError, Message as WsMessage,
     error::{CapacityError, ProtocolError},
@@ -30,7 +30,7 @@ use super::{
 };
 use crate::{
     app::App,
-    chat::{ChatError, ServerEvent},
+    chat::{ChatError, FromSocket, SendTurn, ServerEvent},
     domain::{Message, MessageId, UserId},
     hub::{CloseCode, ConnectionHandle, Outbound},
 };
@@ -91,6 +91,7 @@ pub async fn run(app: Arc<App>, user: UserId, socket: WebSocket) {
         backlog_sent: HashSet::new(),
         in_flight: FuturesOrdered::new(),
         delivers: Vec::new(),
+        last_turn: None,
     };
     // A close request (queue overflow, shutdown) ends the socket even while a write to a client that
     // stopped reading is pending: the whole loop races the request, not each await inside it.
@@ -144,6 +145,8 @@ struct Socket {
     in_flight: FuturesOrdered<Pending>,
     /// Messages fed since the last flush, recorded as delivered once it is done.
     delivers: Vec<MessageId>,
+    /// Resolves once the last message this socket sent is queued for commit (see `SendTurn`).
+    last_turn: Option<oneshot::Receiver<()>>,
 }
 
 impl Socket {
@@ -407,10 +410,14 @@ impl Socket {
                 client_id,
             } => {
                 let (app, user, connection) = (Arc::clone(&self.app), self.user, self.connection);
+                let socket = FromSocket {
+                    connection,
+                    turn: SendTurn::next(&mut self.last_turn),
+                };
                 self.in_flight.push_back(Box::pin(async move {
                     let sent = app
                         .chat
-                        .send(user, to, &message, client_id.clone(), Some(connection))
+                        .send(user, to, &message, client_id.clone(), Some(socket))
                         .await;
                     Some(match sent {
                         // The sender's other sockets hear of it through the hub; this one from here.

@@ -422,3 +422,41 @@ async fn on_postgres_the_writer_does_not_wait_behind_reads() {
     }
     app.stop().await;
 }
+
+/// PostgreSQL only: there a test can hold the recipient check on a lock, while SQLite's readers
+/// (WAL) never wait for anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_s_messages_are_stored_in_the_order_sent_when_a_check_waits() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let (_alice, bob, mut alice_ws, _bob_ws) = in_conversation(&app).await;
+    let carol = app.dev_login("carol").await;
+
+    // Carol is a recipient the server has not checked yet: the first message to her reads the
+    // users table, which the test holds, while bob is known and needs no read.
+    let mut blocker = app.db.connect().await;
+    blocker
+        .execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .await;
+    alice_ws
+        .send_json(&message_frame(carol.id, "first, to carol", "o-1"))
+        .await;
+    alice_ws
+        .send_json(&message_frame(bob.id, "second, to bob", "o-2"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    blocker.close().await;
+
+    let first = within(&mut alice_ws, "message_sent", Duration::from_secs(5)).await;
+    let second = within(&mut alice_ws, "message_sent", Duration::from_secs(5)).await;
+    assert_eq!(first["message"]["client_id"], "o-1", "acks in send order");
+    assert_eq!(second["message"]["client_id"], "o-2");
+    let (first, second) = (
+        first["message"]["id"].as_i64().unwrap(),
+        second["message"]["id"].as_i64().unwrap(),
+    );
+    assert!(
+        first < second,
+        "the message sent first is stored first: ids {first} and {second}"
+    );
+    app.stop().await;
+}
