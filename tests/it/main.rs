@@ -10,6 +10,7 @@ mod content;
 mod daemon;
 mod docs;
 mod faults;
+mod load;
 mod openapi;
 mod rest;
 mod socket;
