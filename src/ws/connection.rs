@@ -316,9 +316,9 @@ impl Socket {
         first: Outbound,
         queue: &mut mpsc::Receiver<Outbound>,
     ) -> Result<(), ()> {
-        let mut outbound = first;
-        let mut fed = 0;
-        for _ in 0..BURST {
+        let mut next = Some(first);
+        let (mut fed, mut taken) = (0, 1);
+        while let Some(outbound) = next.take() {
             match outbound.delivers {
                 Some(id) if self.backlog_sent.remove(&id) => {}
                 delivers => {
@@ -331,9 +331,10 @@ impl Socket {
                 self.flush_deliveries().await?;
                 fed = 0;
             }
-            match queue.try_recv() {
-                Ok(next) => outbound = next,
-                Err(_) => break,
+            // Only what this burst writes is taken off the queue.
+            if taken < BURST {
+                next = queue.try_recv().ok();
+                taken += 1;
             }
         }
         self.flush_deliveries().await

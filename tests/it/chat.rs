@@ -266,3 +266,42 @@ on_both_backends! {
         app.stop().await;
     }
 }
+
+on_both_backends! {
+    async fn every_receipt_reaches_the_sender_after_a_reconnect_storm(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let alice = app.dev_login("alice").await;
+        let mut recipients = Vec::new();
+        for n in 0..100 {
+            recipients.push(app.dev_login(&format!("pupil{n}")).await);
+        }
+        let sends = recipients.iter().flat_map(|pupil| (0..10).map(move |n| (pupil.id, n)));
+        let sends: Vec<_> = sends.collect();
+        for chunk in sends.chunks(50) {
+            let texts: Vec<String> = chunk.iter().map(|(to, n)| format!("homework part {n} for {to}")).collect();
+            let answers = futures_util::future::join_all(
+                chunk.iter().zip(&texts).map(|(&(to, _), text)| app.send(&alice, to, text)),
+            )
+            .await;
+            assert!(answers.iter().all(|(status, _)| *status == 201), "{answers:?}");
+        }
+        let mut sender = app.connect(&alice).await;
+        let storm = recipients.iter().map(|pupil| async {
+            let mut ws = app.connect(pupil).await;
+            for _ in 0..10 {
+                ws.until("new_message").await;
+            }
+            ws
+        });
+        let sockets = futures_util::future::join_all(storm).await;
+        let mut receipts = std::collections::HashSet::new();
+        while receipts.len() < 1000 {
+            let event = tokio::time::timeout(Duration::from_secs(10), sender.until("message_delivered"))
+                .await
+                .unwrap_or_else(|_| panic!("only {} of 1000 receipts arrived", receipts.len()));
+            assert!(receipts.insert(event["message_id"].as_i64().unwrap()), "a receipt came twice: {event}");
+        }
+        drop(sockets);
+        app.stop().await;
+    }
+}
