@@ -39,7 +39,7 @@ pub type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 /// frame slightly too large gets the documented close code rather than a protocol error.
 const WIRE_SLACK: usize = 1024;
 /// What a socket reads at a time; a larger frame grows the buffer as it arrives.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 1024;
 /// Frames fed in one burst are written out once they pass this much: the buffer keeps its capacity
 /// for the socket's life, so it must stay small.
 pub(crate) const WRITE_BUFFER: usize = 8 * 1024;
