@@ -34,8 +34,11 @@ const MAX_DELIVERIES: usize = 1024;
 /// Senders waiting for room beyond this wait (their `message_sent` comes later) instead of the
 /// process buffering without end.
 const QUEUE: usize = 4096;
-/// Deliveries reported beyond this are not recorded (see `GroupCommit::delivered`).
-const DELIVERY_QUEUE: usize = 16 * 1024;
+/// Deliveries reported beyond this are not recorded (see `GroupCommit::delivered`): room for a
+/// reconnect storm's whole backlog (5,000 users with 10 messages each wrote 50,000 frames in under
+/// three seconds, faster than PostgreSQL records them), at 8 bytes an id and allocated only as
+/// it fills.
+const DELIVERY_QUEUE: usize = 256 * 1024;
 /// The writer gives up on a message this long before its sender does, so that a commit it did finish
 /// reaches the sender in time, and a sender that heard `unavailable` can rely on nothing stored.
 const ANSWER_MARGIN: Duration = Duration::from_millis(200);
