@@ -1,4 +1,4 @@
-use std::borrow::Borrow;
+use std::{borrow::Borrow, collections::HashSet};
 
 use sqlx::{AssertSqlSafe, types::time::OffsetDateTime};
 
@@ -50,6 +50,18 @@ pub struct Committed {
     pub ids: Vec<Option<MessageId>>,
     /// The messages this transaction marked delivered (those that were not yet).
     pub receipts: Vec<Receipt>,
+}
+
+impl Committed {
+    /// `ids` were offered for the batch, in order; those not in `inserted` met a stored
+    /// `(from_id, client_id)`.
+    fn new(ids: Vec<MessageId>, inserted: &HashSet<MessageId>, receipts: Vec<Receipt>) -> Self {
+        let ids = ids
+            .into_iter()
+            .map(|id| inserted.contains(&id).then_some(id))
+            .collect();
+        Self { ids, receipts }
+    }
 }
 
 impl Store {
@@ -208,7 +220,7 @@ impl Store {
             tx.commit().await?;
             (delivered, seen)
         });
-        let delivered: std::collections::HashSet<i64> = delivered.into_iter().collect();
+        let delivered: HashSet<i64> = delivered.into_iter().collect();
         Ok(seen
             .into_iter()
             .map(|receipt| SeenReceipt {
@@ -304,7 +316,7 @@ async fn commit_postgres<M: Borrow<NewMessage>>(
 ) -> StoreResult<Committed> {
     let mut tx = pool.begin().await?;
     let mut ids: Vec<i64> = Vec::new();
-    let mut inserted = std::collections::HashSet::new();
+    let mut inserted = HashSet::new();
     if !batch.is_empty() {
         ids = sqlx::query_scalar("SELECT nextval('messages_id_seq') FROM generate_series(1, $1)")
             .bind(batch.len() as i64)
@@ -346,13 +358,7 @@ async fn commit_postgres<M: Borrow<NewMessage>>(
         .await?;
     }
     tx.commit().await?;
-    Ok(Committed {
-        ids: ids
-            .into_iter()
-            .map(|id| inserted.contains(&id).then_some(id))
-            .collect(),
-        receipts,
-    })
+    Ok(Committed::new(ids, &inserted, receipts))
 }
 
 /// SQLite's one writer: the batch travels as one JSON array that `json_each` unpacks, so the whole
@@ -368,7 +374,7 @@ async fn commit_sqlite<M: Borrow<NewMessage>>(
 ) -> StoreResult<Committed> {
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
     let mut ids = Vec::new();
-    let mut inserted = std::collections::HashSet::new();
+    let mut inserted = HashSet::new();
     if !batch.is_empty() {
         let last: i64 = sqlx::query_scalar(
             "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0)",
@@ -400,13 +406,7 @@ async fn commit_sqlite<M: Borrow<NewMessage>>(
         .await?;
     }
     tx.commit().await?;
-    Ok(Committed {
-        ids: ids
-            .into_iter()
-            .map(|id| inserted.contains(&id).then_some(id))
-            .collect(),
-        receipts,
-    })
+    Ok(Committed::new(ids, &inserted, receipts))
 }
 
 /// The batch as a JSON array of `[id, from_id, to_id, content, timestamp, client_id]` rows, the
