@@ -39,6 +39,9 @@ use crate::{
 const SILENT_INTERVALS: u32 = 3;
 /// How long a closing client gets to take its close frame before it is dropped outright.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a socket the server closed waits for the client's close frame before it hangs up
+/// (shutdown waits for this too).
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 const BACKLOG_PAGE: u32 = 200;
 /// Messages and receipts of one socket waiting for the database at once; beyond this the socket
 /// stops reading until one is answered (backpressure, not buffering).
@@ -103,7 +106,9 @@ pub async fn run(app: Arc<App>, user: UserId, socket: WebSocket) {
         Ending::Close(code) => {
             // What the client already sent is answered before the close frame (SPEC §5 "Faults").
             socket.answer_in_flight().await;
-            let _ = close(&mut socket.sink, code, code.reason()).await;
+            if close(&mut socket.sink, code, code.reason()).await.is_ok() {
+                await_client_close(&mut stream).await;
+            }
         }
         Ending::ClientClosed => {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.sink.close()).await;
@@ -124,6 +129,15 @@ async fn close(sink: &mut Sink, code: CloseCode, reason: &'static str) -> Result
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
+}
+
+/// Reads (and drops) what the client still sends until its close frame answers ours, or it hangs
+/// up, or `CLOSE_LINGER` passes. Closing a TCP socket with unread bytes in its receive buffer sends
+/// a reset instead of a FIN, and a reset makes the client's kernel throw away what it has not read
+/// yet: the last answers and our close frame with them.
+async fn await_client_close(stream: &mut SplitStream<WebSocket>) {
+    let deadline = tokio::time::Instant::now() + CLOSE_LINGER;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, stream.next()).await {}
 }
 
 /// Awaits `page` if there is one; never finishes otherwise (a disabled `select!` branch).

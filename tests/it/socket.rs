@@ -178,26 +178,34 @@ on_both_backends! {
         let alice = app.dev_login("alice").await;
         let bob = app.dev_login("bob").await;
         let mut ws = app.connect(&alice).await;
+        ws.send_json(&json!({"event": "message", "to": bob.id, "message": "warm", "client_id": "o-warm"})).await;
+        ws.until("message_sent").await;
+        // The writes wait for the lock, so the socket's messages are in the writer's hands when
+        // shutdown starts; the lock goes once it has.
+        let lock = app.db.lock_writes().await;
         for n in 0..40 {
             ws.send_json(&json!({"event": "message", "to": bob.id, "message": format!("outbox {n}"), "client_id": format!("o-{n}")}))
                 .await;
         }
-        // Shutdown starts while the socket's messages are being committed.
-        let first = ws.until("message_sent").await;
-        let (_, (acknowledged, code)) = tokio::join!(app.restart(), async {
-            let mut acknowledged = std::collections::HashSet::new();
-            acknowledged.insert(first["message"]["client_id"].as_str().unwrap().to_owned());
-            loop {
-                match tokio::time::timeout(Duration::from_secs(10), ws.next_frame()).await.expect("the socket ends") {
-                    Some(event) if event["event"] == "message_sent" => {
-                        acknowledged.insert(event["message"]["client_id"].as_str().unwrap().to_owned());
-                    }
-                    Some(_) => {}
-                    None => break,
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            lock.close().await;
+        };
+        // The client reads only once the server is gone: a server that hung up on the frames it
+        // never read (a reset) would have thrown its last answers and its close frame away.
+        tokio::join!(app.restart(), release);
+        let mut acknowledged = std::collections::HashSet::from(["o-warm".to_owned()]);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), ws.next_frame()).await.expect("the socket ends") {
+                Some(event) if event["event"] == "message_sent" => {
+                    acknowledged.insert(event["message"]["client_id"].as_str().unwrap().to_owned());
                 }
+                Some(_) => {}
+                None => break,
             }
-            (acknowledged, ws.close_code())
-        });
+        }
+        let code = ws.close_code();
         assert_eq!(code, Some(1001));
         let bob = app.dev_login("bob").await;
         let (_, history) = app
