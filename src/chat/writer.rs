@@ -24,7 +24,7 @@ use super::events::ServerEvent;
 use crate::{
     domain::{Message, MessageId, NewMessage, Receipt, Stored, UserId, now},
     hub::{ConnectionId, Hub},
-    store::{Store, StoreError},
+    store::{Lane, Store, StoreError},
 };
 
 /// The most messages committed in one transaction.
@@ -89,7 +89,7 @@ impl GroupCommit {
     /// committing what was queued. `reads` serves the read-backs of repeated `client_id`s.
     /// `write_timeout` is how long senders wait.
     pub fn start(
-        lane: Store,
+        lane: Lane,
         reads: Store,
         hub: Arc<Hub>,
         write_timeout: Duration,
@@ -237,7 +237,7 @@ impl Row {
 }
 
 struct Writer {
-    lane: Store,
+    lane: Lane,
     reads: Store,
     hub: Arc<Hub>,
     write_timeout: Duration,
@@ -245,13 +245,13 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(self, mut inbox: Inbox, shutdown: CancellationToken) {
+    async fn run(mut self, mut inbox: Inbox, shutdown: CancellationToken) {
         while let Some(cycle) = inbox.next(&shutdown).await {
             self.commit(cycle).await;
         }
     }
 
-    async fn commit(&self, cycle: Cycle) {
+    async fn commit(&mut self, cycle: Cycle) {
         let mut rows = fold(cycle.requests);
         let mut written = cycle.written;
         written.sort_unstable();

@@ -35,6 +35,18 @@ pub enum Store {
     },
 }
 
+/// The group commit's way to the database (see [`Store::lane`]).
+///
+/// On PostgreSQL the lane keeps its connection between commits: the pool pings a connection when it
+/// is taken and again when it is given back, two round trips a cycle that were as many as the
+/// commit's own. After any failure the connection goes back to the pool (which tests it and rolls
+/// back what was left open), and the next commit takes a tested one.
+#[derive(Debug)]
+pub struct Lane {
+    store: Store,
+    held: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("not found")]
@@ -181,11 +193,11 @@ impl Store {
         Ok(Store::Sqlite { writer, reader })
     }
 
-    /// A store whose writes go through one connection of its own, for a task that writes in batches
-    /// (the message writer, the receipt batcher): it never waits behind request handlers for a pooled
-    /// connection, and each of its statements is cancelled by the database after `statement_timeout`.
-    /// SQLite already writes through one connection, so there the lane is the store itself.
-    pub async fn lane(&self, statement_timeout: Duration) -> StoreResult<Self> {
+    /// A connection of its own for a task that writes in batches (the group commit): it never waits
+    /// behind request handlers for a pooled connection, and each of its statements is cancelled by
+    /// the database after `statement_timeout`. SQLite already writes through one connection, so there
+    /// the lane writes through the store itself.
+    pub async fn lane(&self, statement_timeout: Duration) -> StoreResult<Lane> {
         match self {
             Store::Postgres(pool) => {
                 let millis = statement_timeout.as_millis().to_string();
@@ -197,9 +209,15 @@ impl Store {
                     .acquire_timeout(statement_timeout)
                     .connect_with(options)
                     .await?;
-                Ok(Store::Postgres(lane))
+                Ok(Lane {
+                    store: Store::Postgres(lane),
+                    held: None,
+                })
             }
-            Store::Sqlite { .. } => Ok(self.clone()),
+            Store::Sqlite { .. } => Ok(Lane {
+                store: self.clone(),
+                held: None,
+            }),
         }
     }
 

@@ -99,15 +99,68 @@ on_both_backends! {
     async fn a_locked_database_is_unavailable_not_a_failed_row(backend: Backend) {
         let db = TestDb::create(backend).await;
         let store = open(&db).await;
-        let lane = store.lane(Duration::from_millis(500)).await.unwrap();
+        let mut lane = store.lane(Duration::from_millis(500)).await.unwrap();
         let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
         let lock = db.lock_writes().await;
         let started = std::time::Instant::now();
-        let error = lane.insert_messages(&[message(alice, bob, "held", None)]).await.unwrap_err();
+        let error = lane.commit(&[message(alice, bob, "held", None)], &[], now()).await.unwrap_err();
         assert!(error.is_unavailable(), "{error}");
         assert!(started.elapsed() < Duration::from_secs(3), "the database cancelled it: {:?}", started.elapsed());
         lock.close().await;
-        assert!(lane.insert_messages(&[message(alice, bob, "after", None)]).await.unwrap()[0].is_some());
+        assert!(lane.commit(&[message(alice, bob, "after", None)], &[], now()).await.unwrap().ids[0].is_some());
+        store.close().await;
+    }
+
+    async fn a_lane_commits_messages_and_deliveries_together_in_batch_order(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        let store = open(&db).await;
+        let mut lane = store.lane(Duration::from_secs(5)).await.unwrap();
+        let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
+        let first = lane.commit(&[message(alice, bob, "first", Some("a1"))], &[], now()).await.unwrap();
+        let first_id = first.ids[0].expect("stored");
+        assert!(first.receipts.is_empty());
+        let batch: Vec<_> = (0..40)
+            .map(|n| match n {
+                7 => message(alice, bob, "a retry", Some("a1")),
+                n if n % 2 == 0 => message(alice, bob, &format!("m{n}"), Some(&format!("a{}", n + 10))),
+                n => message(bob, alice, &format!("m{n}"), None),
+            })
+            .collect();
+        let committed = lane.commit(&batch, &[first_id, first_id, 987_654], now()).await.unwrap();
+        assert_eq!(committed.ids.len(), batch.len(), "one answer per message");
+        assert_eq!(committed.ids[7], None, "a1 was stored before");
+        let ids: Vec<i64> = committed.ids.iter().flatten().copied().collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow in batch order: {ids:?}");
+        for (message, id) in batch.iter().zip(&committed.ids) {
+            if let Some(id) = id {
+                assert_eq!(store.message(*id).await.unwrap().unwrap().content, message.content);
+            }
+        }
+        let receipts: Vec<(i64, i64, i64)> = committed.receipts.iter().map(|r| (r.id, r.from_id, r.to_id)).collect();
+        assert_eq!(receipts, [(first_id, alice, bob)], "once, and only for a stored message");
+        let again = lane.commit(&[message(alice, bob, "later", None)], &[first_id], now()).await.unwrap();
+        assert!(again.receipts.is_empty(), "a message is delivered once");
+        store.close().await;
+    }
+
+    async fn a_lane_given_up_mid_commit_stores_nothing_and_goes_on(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        let store = open(&db).await;
+        let mut lane = store.lane(Duration::from_secs(5)).await.unwrap();
+        let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
+        assert!(lane.commit(&[message(alice, bob, "warm", None)], &[], now()).await.is_ok());
+        let lock = db.lock_writes().await;
+        let given_up = tokio::time::timeout(
+            Duration::from_millis(300),
+            lane.commit(&[message(alice, bob, "given up", Some("g"))], &[], now()),
+        )
+        .await;
+        assert!(given_up.is_err(), "the commit waited for the lock: {given_up:?}");
+        lock.close().await;
+        let after = lane.commit(&[message(alice, bob, "after", Some("h"))], &[], now()).await.unwrap();
+        assert!(after.ids[0].is_some(), "the lane commits again on a sound connection");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(store.message_by_client_id(alice, "g").await.unwrap(), None, "never stored later");
         store.close().await;
     }
 }
