@@ -60,6 +60,9 @@ pub struct Throughput {
 /// Latency percentiles; each is absent when the scenario has nothing to measure for it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Latencies {
+    /// Rate: the scheduled instant → the frame handed to the socket (the generator's own lag, part
+    /// of every other latency of the run).
+    pub lag: Option<Percentiles>,
     /// Send (or the scheduled instant) → `message_sent` at the sender.
     pub ack: Option<Percentiles>,
     /// Send → `new_message` at the recipient.
@@ -182,6 +185,7 @@ impl Report {
             ));
         }
         let rows = [
+            ("due → sent (generator)", &self.latency.lag),
             ("send → message_sent", &self.latency.ack),
             ("send → new_message", &self.latency.delivery),
             ("send → message_delivered", &self.latency.receipt),

@@ -10,7 +10,10 @@ use std::{
 use anyhow::Context as _;
 use futures_util::{SinkExt, StreamExt, TryStreamExt, stream};
 use serde_json::json;
-use tokio::time::{sleep_until, timeout};
+use tokio::{
+    sync::Notify,
+    time::{sleep_until, timeout},
+};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{Clock, Context, Examples};
@@ -60,6 +63,14 @@ pub(crate) async fn run(context: &Context<'_>, pairs: u32, mode: Loop) -> anyhow
 
     let run: Arc<str> = context.run.as_str().into();
     let clock = Clock::new(common.warmup, common.duration, common.settle);
+    let ticks: Vec<Arc<Notify>> = (0..pairs).map(|_| Arc::new(Notify::new())).collect();
+    if let Loop::Open { rate } = mode {
+        let ticks = ticks.clone();
+        std::thread::Builder::new()
+            .name("pacer".into())
+            .spawn(move || pace(&ticks, rate, clock))
+            .context("starting the pacing thread")?;
+    }
     let tasks: Vec<_> = sockets
         .into_iter()
         .zip(&recipients)
@@ -71,6 +82,7 @@ pub(crate) async fn run(context: &Context<'_>, pairs: u32, mode: Loop) -> anyhow
                 run: Arc::clone(&run),
                 clock,
                 pacing: Pacing::new(mode, index as u32, pairs),
+                tick: Arc::clone(&ticks[index]),
             };
             tokio::spawn(lane.drive(from, to))
         })
@@ -130,6 +142,7 @@ pub(crate) async fn run(context: &Context<'_>, pairs: u32, mode: Loop) -> anyhow
             ack: total.ack.percentiles(),
             delivery: total.delivery.percentiles(),
             receipt: total.receipt.percentiles(),
+            lag: total.lag.percentiles(),
             ..Latencies::default()
         },
         cpu: window_start
@@ -178,6 +191,21 @@ impl Pacing {
     }
 }
 
+/// Wakes each lane of the open loop at its messages' instants. Tokio's timer counts whole
+/// milliseconds, so a lane sleeping on it sends about a millisecond late (and counts that as latency);
+/// a thread of its own sleeps to within tens of microseconds. Message `k` of the whole run is due
+/// `k / rate` seconds after the origin and belongs to lane `k mod pairs` (see [`Pacing::new`]).
+fn pace(ticks: &[Arc<Notify>], rate: f64, clock: Clock) {
+    for k in 0u64.. {
+        let at = clock.origin + Duration::from_secs_f64(k as f64 / rate);
+        if at >= clock.measure_until {
+            break;
+        }
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        ticks[(k % ticks.len() as u64) as usize].notify_one();
+    }
+}
+
 /// One sender→recipient pair.
 struct Lane {
     stream: u32,
@@ -185,6 +213,8 @@ struct Lane {
     run: Arc<str>,
     clock: Clock,
     pacing: Pacing,
+    /// Open loop: the pacer's signal that a message is due.
+    tick: Arc<Notify>,
 }
 
 /// What one lane (or, merged, the whole run) saw.
@@ -194,6 +224,8 @@ struct Outcome {
     ack: Latency,
     delivery: Latency,
     receipt: Latency,
+    /// Open loop: how late each message left after its scheduled instant.
+    lag: Latency,
     sent: u64,
     acked_in_window: u64,
     delivered_in_window: u64,
@@ -213,6 +245,7 @@ impl Outcome {
         self.ack.merge(&other.ack);
         self.delivery.merge(&other.delivery);
         self.receipt.merge(&other.receipt);
+        self.lag.merge(&other.lag);
         self.sent += other.sent;
         self.acked_in_window += other.acked_in_window;
         self.delivered_in_window += other.delivered_in_window;
@@ -282,7 +315,7 @@ impl Lane {
                 frame = recipient.next(), if p.recipient_open => {
                     self.on_recipient(&mut p, Incoming::from_frame(frame));
                 }
-                () = sleep_until(due.unwrap_or(clock.settle_until).into()), if due.is_some() => {
+                () = self.tick.notified(), if due.is_some() => {
                     let frames = self.due_frames(&mut p);
                     self.send(&mut sender, &mut p, frames).await;
                 }
@@ -324,6 +357,7 @@ impl Lane {
                 break;
             }
             let lag = now - at;
+            p.out.lag.record_micros(lag);
             if lag > LATE_AFTER_US {
                 p.out.late += 1;
             }
