@@ -180,14 +180,19 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(write_timeout)
             .foreign_keys(true);
+        // A SQLite connection is a file handle that cannot drop like a network connection, so the
+        // pool's liveness ping when it hands one out only costs a hop to the driver's thread (the
+        // one it sends when a connection comes back stays: it flushes a rollback left behind).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await?;
         Ok(Store::Sqlite { writer, reader })
