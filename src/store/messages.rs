@@ -172,10 +172,20 @@ impl Store {
         after_id: MessageId,
         limit: u32,
     ) -> StoreResult<Vec<Message>> {
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages \
-             WHERE to_id = $1 AND delivered_at IS NULL AND id > $2 ORDER BY id LIMIT $3"
-        );
+        // PostgreSQL keeps the queue in a table of its own (migration 0003: no index on `messages`
+        // names `delivered_at`); SQLite in a partial index.
+        let sql = match self {
+            Store::Postgres(_) => "SELECT m.id, m.from_id, m.to_id, m.content, m.timestamp, \
+                                          m.delivered_at, m.seen_at, m.client_id \
+                                   FROM undelivered u JOIN messages m ON m.id = u.message_id \
+                                   WHERE u.to_id = $1 AND u.message_id > $2 AND m.delivered_at IS NULL \
+                                   ORDER BY u.message_id LIMIT $3"
+                .to_owned(),
+            Store::Sqlite { .. } => format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages \
+                 WHERE to_id = $1 AND delivered_at IS NULL AND id > $2 ORDER BY id LIMIT $3"
+            ),
+        };
         let messages = on_pool!(self, read, |pool| {
             sqlx::query_as::<_, Message>(AssertSqlSafe(sql.as_str()))
                 .bind(to_id)
@@ -227,9 +237,21 @@ impl Store {
     ) -> StoreResult<Vec<SeenReceipt>> {
         let unseen =
             format!("{ids} AND to_id = $2 AND ($3 IS NULL OR from_id = $3) AND seen_at IS NULL");
-        let deliver = format!(
-            "UPDATE messages SET delivered_at = $4 WHERE {unseen} AND delivered_at IS NULL RETURNING id"
-        );
+        let deliver = match self {
+            Store::Postgres(_) => format!(
+                "WITH delivered AS ( \
+                     UPDATE messages SET delivered_at = $4 \
+                     WHERE {unseen} AND delivered_at IS NULL RETURNING id, to_id \
+                 ), dequeued AS ( \
+                     DELETE FROM undelivered u USING delivered d \
+                     WHERE u.to_id = d.to_id AND u.message_id = d.id \
+                 ) \
+                 SELECT id FROM delivered"
+            ),
+            Store::Sqlite { .. } => format!(
+                "UPDATE messages SET delivered_at = $4 WHERE {unseen} AND delivered_at IS NULL RETURNING id"
+            ),
+        };
         let see =
             format!("UPDATE messages SET seen_at = $4 WHERE {unseen} RETURNING id, from_id, to_id");
         // Both statements take the same parameters, in the same order.
@@ -344,7 +366,8 @@ struct CommitRow {
 
 /// The whole cycle is one statement: ids are drawn from the sequence in batch order (`batch`, so each
 /// answer row is matched to its request by position whatever order `RETURNING` uses), the batch is
-/// inserted, and the delivered rows are marked, each a data-modifying `WITH` of its own. With `BEGIN`
+/// inserted and queued for its recipients (`undelivered`), and the delivered rows are marked and
+/// taken off that queue, each a data-modifying `WITH` of its own. With `BEGIN`
 /// and `COMMIT` that is three round trips a cycle instead of five.
 ///
 /// The transaction is explicit even for one statement: a caller that gives up (its deadline passed)
@@ -373,10 +396,15 @@ async fn commit_postgres<M: Borrow<NewMessage>>(
          ), stored AS ( \
              INSERT INTO messages (id, from_id, to_id, content, timestamp, client_id) \
              SELECT id, from_id, to_id, content, timestamp, client_id FROM batch ORDER BY position \
-             ON CONFLICT (from_id, client_id) DO NOTHING RETURNING id \
+             ON CONFLICT (from_id, client_id) DO NOTHING RETURNING id, to_id \
+         ), queued AS ( \
+             INSERT INTO undelivered (to_id, message_id) SELECT to_id, id FROM stored \
          ), receipts AS ( \
              UPDATE messages SET delivered_at = $7 \
              WHERE id = ANY($6) AND delivered_at IS NULL RETURNING id, from_id, to_id \
+         ), dequeued AS ( \
+             DELETE FROM undelivered u USING receipts r \
+             WHERE u.to_id = r.to_id AND u.message_id = r.id \
          ) \
          SELECT batch.position, batch.id, stored.id IS NOT NULL AS created, \
                 NULL::bigint AS from_id, NULL::bigint AS to_id \

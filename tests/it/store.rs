@@ -164,3 +164,75 @@ on_both_backends! {
         store.close().await;
     }
 }
+
+/// Migration 3 moves PostgreSQL's delivery queue out of `messages`: what was undelivered before it
+/// still comes, in order, and no index on `messages` names `delivered_at` any more (an index that
+/// does makes every delivery rewrite the row into all of them instead of updating it in place).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_3_keeps_what_was_undelivered_and_delivery_off_the_indexes() {
+    let db = TestDb::create(crate::common::Backend::Postgres).await;
+    let store = Store::connect(&db.url, 2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let Store::Postgres(pool) = &store else {
+        unreachable!("a PostgreSQL test database")
+    };
+    sqlx::migrate!("./migrations/postgres")
+        .run_to(2, pool)
+        .await
+        .expect("migrations 1 and 2 apply");
+    let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
+    let mut before = Vec::new();
+    for (n, delivered) in [false, true, false, false, true].into_iter().enumerate() {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO messages (from_id, to_id, content, delivered_at) \
+             VALUES ($1, $2, $3, CASE WHEN $4 THEN now() END) RETURNING id",
+        )
+        .bind(alice)
+        .bind(bob)
+        .bind(format!("before {n}"))
+        .bind(delivered)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if !delivered {
+            before.push(id);
+        }
+    }
+    store.migrate().await.expect("migration 3 applies");
+    let ids = |messages: Vec<teachlyd::domain::Message>| {
+        messages.into_iter().map(|m| m.id).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(store.undelivered(bob, 0, 10).await.unwrap()), before);
+    assert_eq!(
+        ids(store.undelivered(bob, before[0], 10).await.unwrap()),
+        before[1..]
+    );
+
+    let mut lane = store.lane(Duration::from_secs(5)).await.unwrap();
+    let after = lane
+        .commit(&[message(alice, bob, "after", None)], &[before[1]], now())
+        .await
+        .unwrap();
+    assert_eq!(after.receipts.len(), 1);
+    let expected = [before[0], before[2], after.ids[0].unwrap()];
+    assert_eq!(ids(store.undelivered(bob, 0, 10).await.unwrap()), expected);
+    store
+        .mark_seen(bob, before[0], now())
+        .await
+        .unwrap()
+        .expect("bob's message");
+    assert_eq!(
+        ids(store.undelivered(bob, 0, 10).await.unwrap()),
+        expected[1..],
+        "seen is delivered"
+    );
+
+    let indexes: Vec<String> =
+        sqlx::query_scalar("SELECT indexdef FROM pg_indexes WHERE tablename = 'messages' AND indexdef LIKE '%delivered_at%'")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert!(indexes.is_empty(), "{indexes:?}");
+    store.close().await;
+}
