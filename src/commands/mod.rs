@@ -11,6 +11,7 @@ use crate::{
 pub mod config_check;
 pub mod migrate;
 pub mod serve;
+mod systemd;
 
 /// A failure and the exit code it maps to (SPEC §1).
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,10 @@
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
 use crate::{app, cli::ServeArgs};
 
-use super::{CommandError, load_config};
+use super::{CommandError, load_config, systemd};
 
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn run(args: &ServeArgs) -> Result<(), CommandError> {
@@ -17,7 +21,17 @@ pub async fn run(args: &ServeArgs) -> Result<(), CommandError> {
         ))
     })?;
     let server = app::start(config, listener).await?;
+    systemd::ready(&server.app);
+    let reporting = CancellationToken::new();
+    let reporter = tokio::spawn(systemd::keep_reporting(
+        Arc::clone(&server.app),
+        reporting.clone(),
+    ));
     wait_for_stop_signal().await?;
+    // The last status line comes before STOPPING=1, never after it.
+    reporting.cancel();
+    let _ = reporter.await;
+    systemd::stopping();
     tracing::info!("stopping: closing sockets and finishing writes");
     server.stop().await;
     Ok(())

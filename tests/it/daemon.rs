@@ -49,6 +49,16 @@ mod tempdir {
 impl Daemon {
     /// Starts the binary on a port of its choosing, with `config` as its file; answers once it serves.
     async fn start(database_url: &str, config: &str, log_level: &str) -> Self {
+        Self::start_with_env(database_url, config, log_level, &[]).await
+    }
+
+    /// `start`, with more environment variables for the process.
+    async fn start_with_env(
+        database_url: &str,
+        config: &str,
+        log_level: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempdir::Dir::new("serve");
         let path = dir.0.join("config.toml");
         std::fs::write(
@@ -62,6 +72,7 @@ impl Daemon {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DATABASE_URL", database_url)
             .env("LOG_LEVEL", log_level)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -227,5 +238,71 @@ on_both_backends! {
             assert_ne!(event["event"], "message_sent", "{event}");
         }
         lock.close().await;
+    }
+}
+
+/// Reads what `serve` tells systemd, one datagram at a time, as systemd's notify socket would.
+struct NotifySocket {
+    socket: tokio::net::UnixDatagram,
+    path: std::path::PathBuf,
+    _dir: tempdir::Dir,
+}
+
+impl NotifySocket {
+    fn bind() -> Self {
+        let dir = tempdir::Dir::new("notify");
+        let path = dir.0.join("notify.sock");
+        let socket = tokio::net::UnixDatagram::bind(&path).expect("the notify socket binds");
+        Self {
+            socket,
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// The next datagram that holds `wanted` (datagrams before it are skipped), as its lines.
+    async fn until(&self, wanted: &str) -> Vec<String> {
+        let mut buffer = vec![0; 4096];
+        loop {
+            let length =
+                tokio::time::timeout(Duration::from_secs(10), self.socket.recv(&mut buffer))
+                    .await
+                    .unwrap_or_else(|_| panic!("no {wanted} within 10 s"))
+                    .unwrap();
+            let text =
+                String::from_utf8(buffer[..length].to_vec()).expect("notifications are text");
+            let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            if lines.iter().any(|line| line.contains(wanted)) {
+                return lines;
+            }
+        }
+    }
+}
+
+on_both_backends! {
+    async fn serve_tells_systemd_it_is_ready_alive_and_stopping(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        let notify = NotifySocket::bind();
+        let env = [("NOTIFY_SOCKET", notify.path.to_str().unwrap()), ("WATCHDOG_USEC", "400000")];
+        let daemon = Daemon::start_with_env(&db.url, "", "info", &env).await;
+        let ready = notify.until("READY=1").await;
+        let health = daemon.http.get(format!("{}/health", daemon.base)).send().await.expect("it serves once ready");
+        assert_eq!(health.status(), 200);
+        assert!(ready.iter().any(|line| line == "STATUS=serving 0 connections of 0 users"), "{ready:?}");
+
+        let alice = daemon.dev_login("alice").await;
+        let _socket = WsClient::connect(&daemon.ws_url(""), Some(&alice.access_token)).await.expect("a socket opens");
+        let started = Instant::now();
+        let alive = notify.until("STATUS=serving 1 connections of 1 users").await;
+        assert!(alive.iter().any(|line| line == "WATCHDOG=1"), "{alive:?}");
+        assert!(started.elapsed() < Duration::from_secs(2), "pets come at half the watchdog interval");
+
+        let (status, _, log) = daemon.terminate().await;
+        assert!(status.success(), "{log}");
+        let stopping = notify.until("STOPPING=1").await;
+        assert!(stopping.iter().any(|line| line.starts_with("STATUS=stopping")), "{stopping:?}");
+        let mut buffer = [0; 4096];
+        let later = tokio::time::timeout(Duration::from_millis(300), notify.socket.recv(&mut buffer)).await;
+        assert!(later.is_err(), "nothing after STOPPING=1");
     }
 }
