@@ -11,6 +11,7 @@ mod daemon;
 mod docs;
 mod faults;
 mod load;
+mod man;
 mod openapi;
 mod rest;
 mod socket;
