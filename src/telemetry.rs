@@ -1,4 +1,4 @@
-//! Logging: text on stderr or JSON lines, filtered by `log.level`.
+//! Logging: the systemd journal, text on stderr or JSON lines, filtered by `log.level`.
 //!
 //! `log.level` (`LOG_LEVEL`) is teachlyd's own level: a plain level such as `debug` applies to
 //! teachlyd, while every other crate stays at `warn`. A filter expression (`teachlyd=debug,sqlx=info`)
@@ -33,19 +33,63 @@ const PAYLOAD_LOGGERS: [&str; 11] = [
 ];
 
 /// Installs the global subscriber once; later calls (tests) change nothing.
+///
+/// The journal gets each event as structured fields (its level as the priority, so `journalctl -p`
+/// works); it is used with `log.format = "journald"`, or with `auto` when systemd connected the
+/// output to the journal (`JOURNAL_STREAM`). A journal that cannot be reached falls back to text
+/// on stderr, and says so.
 pub fn init(config: &LogConfig) {
+    let wants_journal = match config.format {
+        LogFormat::Journald => true,
+        LogFormat::Auto => std::env::var_os("JOURNAL_STREAM").is_some(),
+        LogFormat::Text | LogFormat::Json => false,
+    };
+    let mut unreachable_journal = None;
+    let sink = match wants_journal.then(tracing_journald::layer) {
+        Some(Ok(journal)) => journal
+            .with_syslog_identifier("teachlyd".to_owned())
+            .with_priority_mappings(syslog_priorities())
+            .boxed(),
+        Some(Err(error)) => {
+            unreachable_journal = Some(error);
+            text_lines(config.format)
+        }
+        None => text_lines(config.format),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(levels(&config.level))
+        .with(sink)
+        .try_init();
+    if let Some(error) = unreachable_journal {
+        tracing::warn!(%error, "cannot write to the journal; logging to stderr instead");
+    }
+}
+
+/// Each level at the syslog priority of the same name, so `journalctl -p info` shows info and
+/// above (tracing-journald's own mapping puts info at notice and debug at info).
+fn syslog_priorities() -> tracing_journald::PriorityMappings {
+    use tracing_journald::Priority;
+    tracing_journald::PriorityMappings {
+        error: Priority::Error,
+        warn: Priority::Warning,
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        trace: Priority::Debug,
+    }
+}
+
+fn text_lines<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
     // Colour codes only for a person at a terminal, never in a file, a pipe or the journal.
     let lines = fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let lines = match config.format {
+    match format {
         LogFormat::Json => lines.json().boxed(),
-        LogFormat::Text | LogFormat::Auto => lines.boxed(),
-    };
-    let _ = tracing_subscriber::registry()
-        .with(levels(&config.level))
-        .with(lines)
-        .try_init();
+        LogFormat::Text | LogFormat::Auto | LogFormat::Journald => lines.boxed(),
+    }
 }
 
 /// The global filter: what `level` lets through, payload loggers capped at `warn`. (A global filter,

@@ -79,10 +79,12 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// The journal when started by systemd with its output connected to it (`JOURNAL_STREAM`), else text.
     #[default]
     Auto,
     Text,
     Json,
+    Journald,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

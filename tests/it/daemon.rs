@@ -306,3 +306,86 @@ on_both_backends! {
         assert!(later.is_err(), "nothing after STOPPING=1");
     }
 }
+
+on_both_backends! {
+    // Started by systemd with its output connected to the journal (`JOURNAL_STREAM`), `serve` logs
+    // to the journal's socket. The process runs in a mount namespace of its own in which a socket
+    // of this test stands at `/run/systemd/journal/socket`.
+    async fn under_systemd_the_log_goes_to_the_journal(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        let dir = tempdir::Dir::new("journal");
+        let socket_path = dir.0.join("socket");
+        let journal = tokio::net::UnixDatagram::bind(&socket_path).expect("the journal socket binds");
+        let config = dir.0.join("config.toml");
+        std::fs::write(&config, "[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        let script = "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && \
+                      touch /run/systemd/journal/socket && mount --bind \"$0\" /run/systemd/journal/socket && exec \"$@\"";
+        let mut child = Command::new("unshare")
+            .args(["--mount", "sh", "-c", script, socket_path.to_str().unwrap()])
+            .args([env!("CARGO_BIN_EXE_teachlyd"), "serve", "--config", config.to_str().unwrap()])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &db.url)
+            .env("JOURNAL_STREAM", "8:12345")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("unshare runs");
+        let mut buffer = vec![0; 64 * 1024];
+        let entry = loop {
+            let length = tokio::time::timeout(Duration::from_secs(30), journal.recv(&mut buffer))
+                .await
+                .expect("a journal entry within 30 s")
+                .unwrap();
+            let entry = buffer[..length].to_vec();
+            if String::from_utf8_lossy(&entry).contains("teachlyd is serving") {
+                break entry;
+            }
+        };
+        let fields = journal_fields(&entry);
+        assert_eq!(fields.get("PRIORITY").map(String::as_str), Some("6"), "info is syslog's info: {fields:?}");
+        assert_eq!(fields.get("SYSLOG_IDENTIFIER").map(String::as_str), Some("teachlyd"), "{fields:?}");
+        let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(killed.success());
+        let output = tokio::task::spawn_blocking(move || {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            (child.wait().unwrap(), stderr)
+        })
+        .await
+        .unwrap();
+        assert!(output.0.success(), "{}", output.1);
+        assert!(!output.1.contains("teachlyd is serving"), "nothing went to stderr as well: {}", output.1);
+    }
+
+    async fn a_journal_that_cannot_be_reached_leaves_the_log_on_stderr(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        let daemon = Daemon::start_with_env(&db.url, "[log]\nformat = \"journald\"\n", "info", &[]).await;
+        let (status, _, log) = daemon.terminate().await;
+        assert!(status.success(), "{log}");
+        assert!(log.contains("cannot write to the journal; logging to stderr instead"), "{log}");
+    }
+}
+
+/// The fields of one entry in the journal's native protocol: `NAME=value\n`, or, for a value that
+/// may hold a newline, `NAME\n`, its length as 8 little-endian bytes, the value and `\n`.
+fn journal_fields(mut entry: &[u8]) -> std::collections::HashMap<String, String> {
+    let mut fields = std::collections::HashMap::new();
+    while let Some(end) = entry.iter().position(|&b| b == b'=' || b == b'\n') {
+        let name = String::from_utf8_lossy(&entry[..end]).into_owned();
+        let value;
+        if entry[end] == b'=' {
+            let rest = &entry[end + 1..];
+            let stop = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+            value = &rest[..stop];
+            entry = rest.get(stop + 1..).unwrap_or_default();
+        } else {
+            let rest = &entry[end + 1..];
+            let length = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            value = &rest[8..8 + length];
+            entry = rest.get(8 + length + 1..).unwrap_or_default();
+        }
+        fields.insert(name, String::from_utf8_lossy(value).into_owned());
+    }
+    fields
+}
