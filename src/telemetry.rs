@@ -7,12 +7,12 @@
 //! tungstenite whole frames, hyper and warp request lines (with `?access_token=`) and headers. No
 //! level may put message text or a token into a log.
 
-use std::io::IsTerminal;
+use std::{io::IsTerminal, sync::OnceLock};
 
 use tracing::{Level, Metadata};
 use tracing_subscriber::{
-    EnvFilter, Layer, filter::FilterFn, fmt, layer::SubscriberExt, registry::LookupSpan,
-    util::SubscriberInitExt,
+    EnvFilter, Layer, Registry, filter::FilterFn, fmt, layer::SubscriberExt, registry::LookupSpan,
+    reload, util::SubscriberInitExt,
 };
 
 use crate::config::{LogConfig, LogFormat};
@@ -56,14 +56,35 @@ pub fn init(config: &LogConfig) {
         }
         None => text_lines(config.format),
     };
-    let _ = tracing_subscriber::registry()
-        .with(levels(&config.level))
+    let (filter, handle) = reload::Layer::new(levels::<Registry>(&config.level));
+    let installed = tracing_subscriber::registry()
+        .with(filter)
         .with(sink)
         .try_init();
+    if installed.is_ok() {
+        let _ = SET_LEVEL.set(Box::new(move |level| {
+            handle
+                .reload(levels::<Registry>(level))
+                .map_err(|error| error.to_string())
+        }));
+    }
     if let Some(error) = unreachable_journal {
         tracing::warn!(%error, "cannot write to the journal; logging to stderr instead");
     }
 }
+
+/// Changes the level of the installed subscriber (SIGHUP), as `log.level` would at start.
+pub fn set_level(level: &str) -> Result<(), String> {
+    match SET_LEVEL.get() {
+        Some(set) => set(level),
+        None => Err("no log subscriber of teachlyd's is installed".to_owned()),
+    }
+}
+
+type LevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Swaps the global filter of the subscriber `init` installed.
+static SET_LEVEL: OnceLock<LevelSetter> = OnceLock::new();
 
 /// Each level at the syslog priority of the same name, so `journalctl -p info` shows info and
 /// above (tracing-journald's own mapping puts info at notice and debug at info).

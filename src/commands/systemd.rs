@@ -17,6 +17,14 @@ pub fn ready(app: &App) {
     send(&[NotifyState::Ready, NotifyState::Status(&status(app))]);
 }
 
+/// A SIGHUP is being handled; `ready` follows once it is.
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Err(error) => tracing::warn!(%error, "cannot read the monotonic clock for RELOADING=1"),
+    }
+}
+
 pub fn stopping() {
     send(&[
         NotifyState::Stopping,

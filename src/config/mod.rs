@@ -226,6 +226,50 @@ pub enum ConfigSource {
 }
 
 impl Config {
+    /// The dotted keys (`limits.max_message_chars`) whose values differ in `newer`. Names only: a
+    /// value may be a secret.
+    pub fn changed_keys(&self, newer: &Config) -> Vec<String> {
+        fn diff(
+            path: &str,
+            old: &serde_json::Value,
+            new: &serde_json::Value,
+            keys: &mut Vec<String>,
+        ) {
+            match (old, new) {
+                (serde_json::Value::Object(old), serde_json::Value::Object(new)) => {
+                    let names: std::collections::BTreeSet<&String> =
+                        old.keys().chain(new.keys()).collect();
+                    for name in names {
+                        let null = serde_json::Value::Null;
+                        let path = if path.is_empty() {
+                            name.clone()
+                        } else {
+                            format!("{path}.{name}")
+                        };
+                        diff(
+                            &path,
+                            old.get(name).unwrap_or(&null),
+                            new.get(name).unwrap_or(&null),
+                            keys,
+                        );
+                    }
+                }
+                (old, new) if old != new => keys.push(path.to_owned()),
+                _ => {}
+            }
+        }
+        let mut keys = Vec::new();
+        let as_value = |config: &Config| serde_json::to_value(config).unwrap_or_default();
+        diff("", &as_value(self), &as_value(newer), &mut keys);
+        // Serialized, the secret is masked the same whatever it is.
+        if self.auth.session_secret != newer.auth.session_secret {
+            keys.push("auth.session_secret".to_owned());
+        }
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
     /// Finds the file the way SPEC §2 says (`--config`, `TEACHLYD_CONFIG`, the system path if it exists,
     /// else defaults), applies the environment and validates.
     pub fn load(explicit: Option<&Path>) -> Result<(Self, ConfigSource), ConfigError> {

@@ -52,7 +52,8 @@ impl Daemon {
         Self::start_with_env(database_url, config, log_level, &[]).await
     }
 
-    /// `start`, with more environment variables for the process.
+    /// `start`, with more environment variables for the process (and no `LOG_LEVEL` when
+    /// `log_level` is empty).
     async fn start_with_env(
         database_url: &str,
         config: &str,
@@ -71,7 +72,7 @@ impl Daemon {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DATABASE_URL", database_url)
-            .env("LOG_LEVEL", log_level)
+            .envs((!log_level.is_empty()).then_some(("LOG_LEVEL", log_level)))
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -124,6 +125,37 @@ impl Daemon {
             .await;
         assert_eq!(status, 200, "{body}");
         session_user(&body)
+    }
+
+    /// Replaces the config file (after the `[server]` section `start` wrote) and sends SIGHUP.
+    fn reload_with(&self, config: &str) {
+        let path = self._dir.0.join("config.toml");
+        std::fs::write(
+            &path,
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n{config}"),
+        )
+        .unwrap();
+        let sent = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// Waits (at most 10 s) until the log holds `wanted` `times` times; answers the log.
+    async fn logged(&self, wanted: &str, times: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log.lock().unwrap().clone();
+            if log.matches(wanted).count() >= times {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{wanted:?} not logged {times} times: {log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn ws_url(&self, query: &str) -> String {
@@ -388,4 +420,35 @@ fn journal_fields(mut entry: &[u8]) -> std::collections::HashMap<String, String>
         fields.insert(name, String::from_utf8_lossy(value).into_owned());
     }
     fields
+}
+
+on_both_backends! {
+    async fn sighup_changes_the_log_level_live_and_a_bad_file_changes_nothing(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        let daemon = Daemon::start_with_env(&db.url, "[log]\nlevel = \"info\"\n", "", &[]).await;
+        let alice = daemon.dev_login("alice").await;
+        let open_and_close = || async {
+            let mut socket = WsClient::connect(&daemon.ws_url(""), Some(&alice.access_token)).await.expect("a socket opens");
+            socket.until("user_connected").await;
+            socket.close().await;
+        };
+        open_and_close().await;
+
+        daemon.reload_with("[log]\nlevel = \"debug\"\n[limits]\nmax_message_chars = 500\n");
+        let log = daemon.logged("these changes take effect at the next restart", 1).await;
+        assert!(log.contains("keys=limits.max_message_chars"), "{log}");
+        assert!(!log.contains("socket opened"), "a debug line at info: {log}");
+        open_and_close().await;
+        daemon.logged("socket opened", 1).await;
+
+        daemon.reload_with("[log\nlevel = \"error\"\n");
+        daemon.logged("the configuration did not load; keeping the running one", 1).await;
+        let health = daemon.http.get(format!("{}/health", daemon.base)).send().await.expect("it still serves");
+        assert_eq!(health.status(), 200);
+        open_and_close().await;
+        daemon.logged("socket opened", 2).await;
+
+        let (status, _, log) = daemon.terminate().await;
+        assert!(status.success(), "{log}");
+    }
 }
