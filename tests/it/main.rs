@@ -16,3 +16,4 @@ mod openapi;
 mod rest;
 mod socket;
 mod store;
+mod systemd;
