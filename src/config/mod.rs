@@ -30,6 +30,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub spam: SpamConfig,
     pub urls: UrlsConfig,
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -112,6 +113,27 @@ pub struct SpamConfig {
 #[serde(default)]
 pub struct UrlsConfig {
     pub blocked_domains: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// The Unix socket `teachlyd admin` talks to the running daemon over.
+    pub socket: PathBuf,
+    /// Members of this group may use the admin socket, besides root and the daemon's own user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/teachlyd/admin.sock";
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(DEFAULT_ADMIN_SOCKET),
+            group: None,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -374,6 +396,33 @@ impl Config {
             return Err(invalid("spam.blocked_words", "an entry is empty"));
         }
         self.login_modes()?;
+        self.validate_admin()?;
+        Ok(())
+    }
+
+    fn validate_admin(&self) -> Result<(), ConfigError> {
+        let socket = &self.admin.socket;
+        if socket.as_os_str().is_empty() || socket.file_name().is_none() {
+            return Err(invalid(
+                "admin.socket",
+                "must name a socket file, like /run/teachlyd/admin.sock",
+            ));
+        }
+        // sockaddr_un holds 108 bytes including the terminating NUL.
+        if socket.as_os_str().len() > 107 {
+            return Err(invalid(
+                "admin.socket",
+                "is longer than the 107 bytes a Unix socket path may have",
+            ));
+        }
+        if let Some(group) = &self.admin.group
+            && group.trim().is_empty()
+        {
+            return Err(invalid(
+                "admin.group",
+                "is empty; name a group or leave it out",
+            ));
+        }
         Ok(())
     }
 
