@@ -24,6 +24,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply pending database migrations, or list them with --status
     Migrate(MigrateArgs),
+    /// Ask the running daemon over its admin socket
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Work with the configuration file
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -58,4 +61,38 @@ pub struct MigrateArgs {
 pub enum ConfigCommand {
     /// Validate the configuration and print the effective values, secrets masked
     Check(ConfigFile),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// List this instance's live WebSocket connections
+    Connections(AdminArgs),
+    /// Show uptime, version, connections, online users and messages stored since start
+    Stats(AdminArgs),
+    /// Close a user's sockets with close code 4001 (the client may reconnect unless --revoke)
+    Kick(KickArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub file: ConfigFile,
+    /// The daemon's admin socket (default: admin.socket of the configuration)
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Print JSON for scripts instead of a table for people
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KickArgs {
+    /// The user whose sockets to close
+    #[arg(value_name = "USER_ID", value_parser = clap::value_parser!(i64).range(1..))]
+    pub user_id: i64,
+    /// Also revoke the user's refresh tokens: they must sign in again once their access token expires
+    #[arg(long)]
+    pub revoke: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }

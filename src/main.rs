@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use teachlyd::{
-    cli::{Cli, Command, ConfigCommand},
+    cli::{AdminCommand, Cli, Command, ConfigCommand},
     commands::{self, CommandError},
 };
 
@@ -21,6 +21,13 @@ fn main() -> ExitCode {
         match &cli.command {
             Command::Serve(args) => commands::serve::run(args).await.map(|()| None),
             Command::Migrate(args) => commands::migrate::run(args).await.map(Some),
+            Command::Admin(AdminCommand::Connections(args)) => {
+                commands::admin::connections(args).await.map(Some)
+            }
+            Command::Admin(AdminCommand::Stats(args)) => {
+                commands::admin::stats(args).await.map(Some)
+            }
+            Command::Admin(AdminCommand::Kick(args)) => commands::admin::kick(args).await.map(Some),
             Command::Config(ConfigCommand::Check(file)) => {
                 commands::config_check::run(file).map(Some)
             }

@@ -3,7 +3,7 @@
 pub mod google;
 pub mod session;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use sqlx::types::time::OffsetDateTime;
 
@@ -87,8 +87,6 @@ pub struct Auth {
     google: Option<GoogleVerifier>,
     dev_login: bool,
 }
-
-pub type SharedAuth = Arc<Auth>;
 
 impl Auth {
     pub fn new(config: &Config, store: Store) -> Result<Self, crate::config::ConfigError> {

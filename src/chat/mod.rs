@@ -6,23 +6,28 @@ pub mod events;
 mod presence;
 mod writer;
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
 
 use tokio::sync::oneshot;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use events::ServerEvent;
-pub use writer::{MAX_BATCH, WriteError};
+pub use writer::WriteError;
 
 use crate::{
     config::Config,
     domain::{
         MAX_CLIENT_ID_CHARS, Message, MessageId, NewMessage, Stored, UserId,
-        content::{ContentChecker, ContentRejection, ContentRules},
-        now,
-        repeat::RepeatGuard,
+        content::ContentRejection, now,
     },
     hub::{ConnectionHandle, ConnectionId, Hub, TooManyConnections},
+    live::Live,
     store::{KnownUsers, SeenReceipt, Store, StoreError},
 };
 use presence::Presence;
@@ -71,20 +76,11 @@ pub struct Chat {
     users: Arc<KnownUsers>,
     commits: GroupCommit,
     presence: Presence,
-    checker: ContentChecker,
-    repeats: Arc<RepeatGuard>,
+    live: Arc<Live>,
     /// Every database wait on a sender's path ends by then (SPEC `database.write_timeout`).
     write_timeout: std::time::Duration,
-}
-
-pub fn content_rules(config: &Config) -> ContentRules {
-    ContentRules {
-        max_message_chars: config.limits.max_message_chars,
-        blocked_domains: config.urls.blocked_domains.clone(),
-        max_repeated_chars: config.spam.max_repeated_chars,
-        max_urls: config.spam.max_urls,
-        blocked_words: config.spam.blocked_words.clone(),
-    }
+    /// Messages stored since start, for `teachlyd admin stats`.
+    stored: AtomicU64,
 }
 
 /// A message's socket: it hears `message_sent` from its own answer, and its turn keeps the socket's
@@ -149,6 +145,7 @@ impl Chat {
         store: Store,
         hub: Arc<Hub>,
         users: Arc<KnownUsers>,
+        live: Arc<Live>,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Self, StoreError> {
@@ -168,20 +165,16 @@ impl Chat {
             shutdown.clone(),
             tasks,
         );
-        let repeats = Arc::new(RepeatGuard::new(
-            config.spam.duplicate_limit,
-            config.spam.duplicate_window.0,
-        ));
-        tasks.spawn(forget_idle_senders(Arc::clone(&repeats), shutdown));
+        tasks.spawn(forget_idle_senders(Arc::clone(&live), shutdown));
         Ok(Self {
             store,
             hub,
             users,
             commits,
             presence,
-            checker: ContentChecker::new(content_rules(config)),
-            repeats,
+            live,
             write_timeout,
+            stored: AtomicU64::new(0),
         })
     }
 
@@ -216,7 +209,7 @@ impl Chat {
             deadline,
             self.store_new(from, to, text, client_id.clone(), socket, deadline),
         );
-        match attempt.await {
+        let outcome = match attempt.await {
             // A retry of a message stored earlier is answered with it, even if a rule would refuse
             // the same text now (the repeat rule counts it, a reloaded rule may differ).
             Err(ChatError::Content(rejection)) => match client_id {
@@ -233,7 +226,17 @@ impl Chat {
                 None => Err(rejection.into()),
             },
             outcome => outcome,
+        };
+        if let Ok(Stored { created: true, .. }) = &outcome {
+            self.stored.fetch_add(1, Ordering::Relaxed);
         }
+        outcome
+    }
+
+    /// Messages this instance stored since it started; a retry answered with a stored one does not
+    /// count.
+    pub fn messages_stored(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed)
     }
 
     async fn store_new(
@@ -246,11 +249,14 @@ impl Chat {
         deadline: tokio::time::Instant,
     ) -> Result<Stored, ChatError> {
         let (origin, queued) = socket.unzip();
-        let content = self.checker.check(text)?;
+        // One set of rules judges the whole message, even if a reload lands meanwhile.
+        let rules = self.live.rules();
+        let content = rules.content.check(text)?;
         if !self.users.exists(to).await? {
             return Err(ChatError::UnknownRecipient(to));
         }
-        self.repeats
+        rules
+            .repeats
             .check_and_record(from, &content, client_id.as_deref(), Instant::now())?;
         let message = NewMessage {
             from_id: from,
@@ -410,11 +416,11 @@ async fn within<T>(
 }
 
 /// Keeps the repeat rule's memory to the users who sent something within its window.
-async fn forget_idle_senders(repeats: Arc<RepeatGuard>, shutdown: CancellationToken) {
+async fn forget_idle_senders(live: Arc<Live>, shutdown: CancellationToken) {
     let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         tokio::select! {
-            _ = every_minute.tick() => repeats.prune(Instant::now()),
+            _ = every_minute.tick() => live.rules().repeats.prune(Instant::now()),
             () = shutdown.cancelled() => return,
         }
     }

@@ -3,11 +3,12 @@
 use std::process::ExitCode;
 
 use crate::{
-    app::StartError,
     config::{Config, ConfigError, ConfigSource},
+    server::StartError,
     store::{Store, StoreError},
 };
 
+pub mod admin;
 pub mod config_check;
 pub mod migrate;
 pub mod serve;
@@ -20,6 +21,11 @@ pub enum CommandError {
     Config(#[from] ConfigError),
     #[error("the database is unavailable: {0}")]
     DatabaseUnavailable(String),
+    /// The daemon, or something it needs, cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0}")]
     Runtime(String),
 }
@@ -28,7 +34,10 @@ impl CommandError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CommandError::Config(_) => ExitCode::from(78),
-            CommandError::DatabaseUnavailable(_) => ExitCode::from(69),
+            CommandError::DatabaseUnavailable(_) | CommandError::Unavailable(_) => {
+                ExitCode::from(69)
+            }
+            CommandError::PermissionDenied(_) => ExitCode::from(77),
             CommandError::Runtime(_) => ExitCode::from(1),
         }
     }

@@ -3,7 +3,12 @@ use std::sync::Arc;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::{app, cli::ServeArgs, config::Config};
+use crate::{
+    admin::{AdminSocket, BindError},
+    cli::ServeArgs,
+    config::{Config, ConfigError, DEFAULT_ADMIN_SOCKET},
+    live, server,
+};
 
 use super::{CommandError, load_config, systemd};
 
@@ -12,13 +17,18 @@ pub async fn run(args: &ServeArgs) -> Result<(), CommandError> {
     let config = effective_config(args)?;
     crate::telemetry::init(&config.log);
     let addr = config.listen_addr()?;
-    let listener = app::bind(addr).map_err(|error| {
+    let listener = server::bind(addr).map_err(|error| {
         CommandError::Runtime(format!(
             "cannot listen on {addr}: {error}; change server.listen (TEACHLYD_LISTEN) or --listen"
         ))
     })?;
+    let admin = bind_admin(&config)?;
     let mut signals = Signals::watch()?;
-    let server = app::start(config.clone(), listener).await?;
+    let listeners = server::Listeners {
+        http: listener,
+        admin,
+    };
+    let server = server::start(config.clone(), listeners).await?;
     systemd::ready(&server.app);
     let reporting = CancellationToken::new();
     let reporter = tokio::spawn(systemd::keep_reporting(
@@ -28,7 +38,7 @@ pub async fn run(args: &ServeArgs) -> Result<(), CommandError> {
     let mut running = config;
     while signals.next().await == Received::Reload {
         systemd::reloading();
-        running = reload(args, running);
+        running = reload(args, running, &server.app.live);
         systemd::ready(&server.app);
     }
     // The last status line comes before STOPPING=1, never after it.
@@ -50,10 +60,44 @@ fn effective_config(args: &ServeArgs) -> Result<Config, CommandError> {
     Ok(config)
 }
 
-/// Reads the configuration again and applies what can change while serving: today the log level.
-/// Every other changed key is named as needing a restart. A configuration that does not load or
-/// validate is reported and the running one kept.
-fn reload(args: &ServeArgs, running: Config) -> Config {
+/// The admin socket: `admin.socket`, or under systemd `$RUNTIME_DIRECTORY/admin.sock` when that key
+/// is left at its default. Where the default's directory does not exist (a developer's machine),
+/// serve runs without one; a socket path chosen explicitly must work.
+fn bind_admin(config: &Config) -> Result<Option<AdminSocket>, CommandError> {
+    let default = std::path::Path::new(DEFAULT_ADMIN_SOCKET);
+    let runtime_directory = std::env::var_os("RUNTIME_DIRECTORY")
+        .and_then(|dirs| std::env::split_paths(&dirs).next())
+        .filter(|dir| !dir.as_os_str().is_empty());
+    let path = match runtime_directory {
+        Some(dir) if config.admin.socket == default => dir.join("admin.sock"),
+        _ => config.admin.socket.clone(),
+    };
+    if path == default && default.parent().is_some_and(|dir| !dir.is_dir()) {
+        tracing::warn!(
+            path = %path.display(),
+            "no admin socket: its directory does not exist; set admin.socket to use `teachlyd admin`"
+        );
+        return Ok(None);
+    }
+    AdminSocket::bind(&path, config.admin.group.as_deref())
+        .map(Some)
+        .map_err(|error| match error {
+            BindError::InUse(_) => CommandError::Unavailable(error.to_string()),
+            BindError::UnknownGroup(_) => CommandError::Config(ConfigError::Invalid {
+                key: "admin.group".into(),
+                from: String::new(),
+                reason: error.to_string(),
+            }),
+            BindError::NotASocket(_) | BindError::Io { .. } => {
+                CommandError::Runtime(error.to_string())
+            }
+        })
+}
+
+/// Reads the configuration again and applies what can change while serving (`live::LIVE_KEYS`):
+/// the log level, CORS origins, spam and URL rules. Every other changed key is named as needing a
+/// restart. A configuration that does not load or validate is reported and the running one kept.
+fn reload(args: &ServeArgs, running: Config, rules: &live::Live) -> Config {
     let newer = match effective_config(args) {
         Ok(newer) => newer,
         Err(error) => {
@@ -61,26 +105,34 @@ fn reload(args: &ServeArgs, running: Config) -> Config {
             return running;
         }
     };
-    let mut changed = running.changed_keys(&newer);
-    if running.log.level != newer.log.level {
-        match crate::telemetry::set_level(&newer.log.level) {
-            Ok(()) => tracing::info!(level = %newer.log.level, "SIGHUP: log.level changed"),
-            Err(error) => tracing::error!(%error, "SIGHUP: log.level could not change"),
-        }
-        changed.retain(|key| key != "log.level");
+    let (applied, waiting): (Vec<String>, Vec<String>) = running
+        .changed_keys(&newer)
+        .into_iter()
+        .partition(|key| live::is_live_key(key));
+    if running.log.level != newer.log.level
+        && let Err(error) = crate::telemetry::set_level(&newer.log.level)
+    {
+        tracing::error!(%error, "SIGHUP: log.level could not change");
     }
-    if changed.is_empty() {
+    rules.apply(&newer, running.limits.max_message_chars);
+    if !applied.is_empty() {
+        tracing::info!(keys = %applied.join(", "), "SIGHUP: applied");
+    }
+    if waiting.is_empty() {
         tracing::info!("SIGHUP: configuration reloaded");
     } else {
         tracing::warn!(
-            keys = %changed.join(", "),
+            keys = %waiting.join(", "),
             "SIGHUP: configuration reloaded; these changes take effect at the next restart"
         );
     }
-    // What runs keeps the values it started with, except those applied above: the next SIGHUP
-    // names the same keys again until a restart.
+    // What runs keeps the values it started with, except the live ones: the next SIGHUP names the
+    // same waiting keys again until a restart.
     let mut kept = running;
     kept.log.level = newer.log.level;
+    kept.server.cors_origins = newer.server.cors_origins;
+    kept.spam = newer.spam;
+    kept.urls = newer.urls;
     kept
 }
 

@@ -22,6 +22,10 @@ pub struct Methods {
     routes: Vec<(Template, Vec<Method>)>,
 }
 
+/// What a request log line and a metric name a request by: its route's template, never the raw
+/// path (which holds ids, and for a wrong path anything a client typed).
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
 impl Methods {
     /// The operations of `document`, and `pages` (which take GET).
     pub fn new(document: &OpenApi, pages: &[&str]) -> Self {
@@ -53,6 +57,16 @@ impl Methods {
                 .map(|page| (Template::parse(page), vec![Method::GET])),
         );
         Self { routes }
+    }
+
+    /// The template of the route `path` belongs to: of those it matches, the one with the most
+    /// literal segments (`/users/me` rather than `/users/{id}`).
+    pub fn route(&self, path: &str) -> &str {
+        self.routes
+            .iter()
+            .filter(|(template, _)| template.matches(path))
+            .max_by_key(|(template, _)| template.literals())
+            .map_or(UNMATCHED_ROUTE, |(template, _)| template.text.as_str())
     }
 
     /// The methods `path` takes, or `None` when no route has that path.
@@ -111,7 +125,10 @@ fn not_allowed(allowed: &[Method]) -> Response {
 
 /// An OpenAPI path template: `{name}` is one segment, a final `{name*}` any number of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Template(Vec<Segment>);
+struct Template {
+    segments: Vec<Segment>,
+    text: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -132,7 +149,17 @@ impl Template {
                 None => Segment::Literal(segment.to_owned()),
             })
             .collect();
-        Self(segments)
+        Self {
+            segments,
+            text: template.to_owned(),
+        }
+    }
+
+    fn literals(&self) -> usize {
+        self.segments
+            .iter()
+            .filter(|segment| matches!(segment, Segment::Literal(_)))
+            .count()
     }
 
     /// Whether warp's filters for this template take `path`: segments compare undecoded, a
@@ -143,7 +170,7 @@ impl Template {
         };
         let path = path.strip_suffix('/').unwrap_or(path);
         let mut segments = path.split('/').filter(|_| !path.is_empty());
-        for expected in &self.0 {
+        for expected in &self.segments {
             match expected {
                 Segment::Rest => return true,
                 Segment::Literal(literal) => {
@@ -207,5 +234,9 @@ mod tests {
         assert_eq!(methods.allowed("/users/7"), Some(vec![Method::POST]));
         assert_eq!(methods.allowed("/docs/x.css"), Some(vec![Method::GET]));
         assert_eq!(methods.allowed("/nowhere"), None);
+        assert_eq!(methods.route("/users/me"), "/users/me");
+        assert_eq!(methods.route("/users/7"), "/users/{id}");
+        assert_eq!(methods.route("/docs/a/b.css"), "/docs/{path*}");
+        assert_eq!(methods.route("/users/7/secret?token=x"), UNMATCHED_ROUTE);
     }
 }

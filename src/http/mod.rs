@@ -1,14 +1,14 @@
 //! The HTTP transport: warp filters per route group, a last filter that answers a known path's wrong
-//! method with 405 and `Allow`, one `recover` that turns warp's own rejections into the
-//! `{"detail", "code"}` shape, and CORS around the whole (after `recover`, so errors keep their CORS
-//! headers).
+//! method with 405 and `Allow`, and one `recover` that turns warp's own rejections into the
+//! `{"detail", "code"}` shape. `front` wraps the whole in CORS and the request log.
 
-pub mod allow;
+pub(crate) mod allow;
 mod auth;
 mod conversations;
 pub mod docs;
-pub mod error;
-pub mod extract;
+pub(crate) mod error;
+pub(crate) mod extract;
+pub(crate) mod front;
 mod health;
 mod users;
 
@@ -25,10 +25,14 @@ use warp::{
 use crate::app::App;
 use error::ApiError;
 
-pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
-    let document = docs::document(&app.config);
-    let methods = Arc::new(allow::Methods::new(&document, &docs::PAGES));
-    let api = health::routes(Arc::clone(&app))
+/// Every route, with warp's rejections answered in the `{"detail", "code"}` shape. CORS and the
+/// request log wrap them in `front`.
+pub fn routes(
+    app: Arc<App>,
+    document: utoipa::openapi::OpenApi,
+    methods: Arc<allow::Methods>,
+) -> BoxedFilter<(Response,)> {
+    health::routes(Arc::clone(&app))
         .or(auth::routes(Arc::clone(&app)))
         .unify()
         .or(users::routes(Arc::clone(&app)))
@@ -40,35 +44,8 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(docs::routes(document))
         .unify()
         .or(allow::wrong_method(methods))
-        .unify();
-    let logged = api
-        .recover(recover)
         .unify()
-        .with(warp::log::custom(log_request));
-    let origins = &app.config.server.cors_origins;
-    if origins.is_empty() {
-        return logged.map(Reply::into_response).boxed();
-    }
-    let cors = warp::cors()
-        .allow_origins(origins.iter().map(String::as_str))
-        .allow_methods(["GET", "POST", "OPTIONS"])
-        .allow_headers(["authorization", "content-type"])
-        .max_age(600);
-    logged
-        .with(cors)
-        .map(Reply::into_response)
-        .recover(|rejection: Rejection| async move {
-            // The only rejection left once `recover` ran is CORS refusing the origin.
-            let _ = rejection;
-            Ok::<_, Infallible>(
-                ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden_origin",
-                    "this origin is not in server.cors_origins",
-                )
-                .into_response(),
-            )
-        })
+        .recover(recover)
         .unify()
         .boxed()
 }
@@ -80,17 +57,6 @@ pub fn with_app(app: Arc<App>) -> impl Filter<Extract = (Arc<App>,), Error = Inf
 
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     warp::reply::with_status(warp::reply::json(body), status).into_response()
-}
-
-fn log_request(info: warp::log::Info<'_>) {
-    // The path may carry an access token in its query string: log the path only.
-    tracing::info!(
-        method = %info.method(),
-        route = info.path(),
-        status = info.status().as_u16(),
-        latency_ms = info.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
 }
 
 async fn recover(rejection: Rejection) -> Result<Response, Infallible> {

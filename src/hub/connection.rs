@@ -1,8 +1,12 @@
-use std::sync::{
-    Arc,
-    atomic::{AtomicU16, AtomicU64, Ordering},
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU16, AtomicU64, Ordering},
+    },
 };
 
+use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -54,10 +58,12 @@ pub enum CloseCode {
     InternalError = 1011,
     /// The outbound queue overflowed: the client does not read fast enough.
     Overflow = 1013,
+    /// An operator closed the user's sockets (`teachlyd admin kick`).
+    Kicked = 4001,
 }
 
 impl CloseCode {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::GoingAway,
         Self::ProtocolError,
         Self::InvalidPayload,
@@ -65,6 +71,7 @@ impl CloseCode {
         Self::TooBig,
         Self::InternalError,
         Self::Overflow,
+        Self::Kicked,
     ];
 
     fn from_u16(code: u16) -> Option<Self> {
@@ -81,6 +88,7 @@ impl CloseCode {
             Self::TooBig => "frame too large",
             Self::InternalError => "server error: reconnect to get your messages",
             Self::Overflow => "too slow: reconnect to get what you missed",
+            Self::Kicked => "closed by an administrator",
         }
     }
 }
@@ -109,26 +117,47 @@ impl ConnectionControl {
     }
 }
 
-/// What the hub keeps of one socket: where to queue events and how to close it.
+/// Where a socket came from, for `teachlyd admin connections`.
+#[derive(Debug, Clone, Default)]
+pub struct Arrival {
+    pub remote: Option<SocketAddr>,
+    /// The path it was opened on, without the query (which may hold a token).
+    pub path: String,
+}
+
+/// What the hub keeps of one socket: where to queue events, how to close it, and where it came from.
 #[derive(Debug, Clone)]
 pub struct ConnectionHandle {
     pub id: ConnectionId,
     pub user_id: UserId,
     queue: mpsc::Sender<Outbound>,
     pub control: Arc<ConnectionControl>,
+    pub arrival: Arc<Arrival>,
+    pub connected_at: OffsetDateTime,
 }
 
 impl ConnectionHandle {
     /// A handle and the receiving end of its bounded queue.
-    pub fn new(user_id: UserId, queue_len: usize) -> (Self, mpsc::Receiver<Outbound>) {
+    pub fn new(
+        user_id: UserId,
+        queue_len: usize,
+        arrival: Arrival,
+    ) -> (Self, mpsc::Receiver<Outbound>) {
         let (queue, receiver) = mpsc::channel(queue_len);
         let handle = Self {
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             user_id,
             queue,
             control: Arc::new(ConnectionControl::default()),
+            arrival: Arc::new(arrival),
+            connected_at: OffsetDateTime::now_utc(),
         };
         (handle, receiver)
+    }
+
+    /// Events queued and not yet written to the socket.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
     }
 
     /// Queues without waiting; a full queue closes the connection (1013).

@@ -11,12 +11,14 @@ use std::{
     collections::HashMap,
     hash::{BuildHasher, BuildHasherDefault, DefaultHasher},
     sync::{
-        Arc, Mutex, MutexGuard,
+        Mutex, MutexGuard,
         atomic::{AtomicUsize, Ordering},
     },
 };
 
-pub use connection::{CloseCode, ConnectionControl, ConnectionHandle, ConnectionId, Outbound};
+pub use connection::{
+    Arrival, CloseCode, ConnectionControl, ConnectionHandle, ConnectionId, Outbound,
+};
 
 use crate::domain::UserId;
 
@@ -142,6 +144,28 @@ impl Hub {
         self.online_users.load(Ordering::Relaxed)
     }
 
+    /// Every socket of this process, for `teachlyd admin connections`.
+    pub fn connections(&self) -> Vec<ConnectionHandle> {
+        let mut all = Vec::with_capacity(self.connection_count());
+        for shard in self.shards.iter() {
+            let shard = shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            all.extend(shard.values().flatten().cloned());
+        }
+        all
+    }
+
+    /// Closes the sockets of one user with `code`; answers how many there were.
+    pub fn close_user(&self, user: UserId, code: CloseCode) -> usize {
+        let shard = self.shard(user);
+        let handles = shard.get(&user).map_or(&[][..], Vec::as_slice);
+        for handle in handles {
+            handle.control.close(code);
+        }
+        handles.len()
+    }
+
     /// Closes every connection (shutdown: 1001).
     pub fn close_all(&self, code: CloseCode) {
         for shard in self.shards.iter() {
@@ -155,8 +179,6 @@ impl Hub {
     }
 }
 
-pub type SharedHub = Arc<Hub>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,7 +187,7 @@ mod tests {
         user: UserId,
         queue: usize,
     ) -> (ConnectionHandle, tokio::sync::mpsc::Receiver<Outbound>) {
-        ConnectionHandle::new(user, queue)
+        ConnectionHandle::new(user, queue, Arrival::default())
     }
 
     #[test]
@@ -201,6 +223,38 @@ mod tests {
         assert_eq!(slow.control.close_code(), Some(CloseCode::Overflow));
         assert_eq!(fast.control.close_code(), None);
         assert!(fast_rx.try_recv().is_ok() && fast_rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn close_user_closes_only_that_users_sockets() {
+        let hub = Hub::new(5);
+        let (first, _r1) = handle(4, 4);
+        let (second, _r2) = handle(4, 4);
+        let (other, _r3) = handle(5, 4);
+        for h in [&first, &second, &other] {
+            hub.register(h.clone()).unwrap();
+        }
+        assert_eq!(hub.close_user(4, CloseCode::Kicked), 2);
+        assert_eq!(first.control.close_code(), Some(CloseCode::Kicked));
+        assert_eq!(second.control.close_code(), Some(CloseCode::Kicked));
+        assert_eq!(other.control.close_code(), None);
+        assert_eq!(hub.close_user(99, CloseCode::Kicked), 0);
+        assert_eq!(
+            hub.connections().len(),
+            3,
+            "closing is the socket's job, not the hub's"
+        );
+    }
+
+    #[test]
+    fn queue_depth_counts_what_waits() {
+        let (h, mut rx) = handle(1, 8);
+        assert_eq!(h.queue_depth(), 0);
+        h.offer(Outbound::event("{}".into()));
+        h.offer(Outbound::event("{}".into()));
+        assert_eq!(h.queue_depth(), 2);
+        rx.try_recv().unwrap();
+        assert_eq!(h.queue_depth(), 1);
     }
 
     #[test]

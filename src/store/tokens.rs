@@ -216,6 +216,27 @@ impl Store {
         });
         Ok(revoked > 0)
     }
+
+    /// Revokes every refresh token `user` holds, spent ones too (within the reuse grace a spent one
+    /// still answers): each of their sessions ends when its access token expires
+    /// (`teachlyd admin kick --revoke`). Answers how many tokens it revoked.
+    pub async fn revoke_user_refresh_tokens(
+        &self,
+        user: UserId,
+        now: OffsetDateTime,
+    ) -> StoreResult<u64> {
+        let sql = "UPDATE refresh_tokens SET revoked_at = $2 \
+                   WHERE user_id = $1 AND revoked_at IS NULL";
+        let revoked = on_pool!(self, write, |pool| {
+            sqlx::query(sql)
+                .bind(user)
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(revoked)
+    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use crate::{
     app::App,
     chat::{ChatError, FromSocket, SendTurn, ServerEvent},
     domain::{Message, MessageId, UserId},
-    hub::{CloseCode, ConnectionHandle, Outbound},
+    hub::{Arrival, CloseCode, ConnectionHandle, Outbound},
 };
 
 /// A peer silent for this many ping intervals is gone.
@@ -66,8 +66,9 @@ enum Ending {
     WriteFailed,
 }
 
-pub async fn run(app: Arc<App>, user: UserId, socket: WebSocket) {
-    let (handle, mut queue) = ConnectionHandle::new(user, app.config.limits.outbound_queue);
+pub async fn run(app: Arc<App>, user: UserId, arrival: Arrival, socket: WebSocket) {
+    let (handle, mut queue) =
+        ConnectionHandle::new(user, app.config.limits.outbound_queue, arrival);
     let control = Arc::clone(&handle.control);
     let connection = handle.id;
     let (mut sink, mut stream) = socket.split();

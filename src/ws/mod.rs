@@ -21,6 +21,7 @@ use tokio_tungstenite::{
 use warp::{
     Filter, Rejection,
     http::{HeaderMap, HeaderValue, StatusCode, header},
+    path::FullPath,
     reply::{Reply, Response},
 };
 
@@ -29,7 +30,9 @@ use crate::{
     http::{
         error::ApiError,
         extract::{self, bearer},
+        front::Peer,
     },
+    hub::Arrival,
 };
 
 /// The server side of one upgraded connection.
@@ -51,12 +54,23 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         .or(without_user)
         .unify()
         .and(warp::get())
+        .and(arrival())
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<OnUpgrade>())
         .and(bearer())
         .and(extract::query())
         .and(warp::any().map(move || Arc::clone(&app)))
         .then(upgrade)
+}
+
+/// Where the socket comes from: the peer's address and the path without its query.
+fn arrival() -> impl Filter<Extract = (Arrival,), Error = std::convert::Infallible> + Clone {
+    warp::path::full().and(warp::ext::optional::<Peer>()).map(
+        |path: FullPath, peer: Option<Peer>| Arrival {
+            remote: peer.map(|Peer(addr)| addr),
+            path: path.as_str().to_owned(),
+        },
+    )
 }
 
 #[utoipa::path(get, path = "/ws/chat/{user_id}", tag = "websocket", operation_id = "open_socket_as",
@@ -96,6 +110,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
             sockets (default 5) already", body = crate::http::error::ErrorBody)))]
 async fn upgrade(
     path_user: Option<String>,
+    arrival: Arrival,
     headers: HeaderMap,
     on_upgrade: Option<OnUpgrade>,
     header_token: Option<String>,
@@ -109,7 +124,7 @@ async fn upgrade(
     let token = header_token
         .as_deref()
         .or(query.get("access_token").map(String::as_str));
-    let user = match check(&app, path_user, token, &headers).await {
+    let user = match check(&app, path_user, token).await {
         Ok(user) => user,
         Err(error) => return error.into_response(),
     };
@@ -129,7 +144,7 @@ async fn upgrade(
                     Some(config),
                 )
                 .await;
-                connection::run(app, user, socket).await;
+                connection::run(app, user, arrival, socket).await;
             }
             Err(error) => tracing::debug!(%error, "the WebSocket upgrade did not complete"),
         }
@@ -181,14 +196,9 @@ fn handshake(
     Ok((accept, on_upgrade))
 }
 
-/// The checks made before the upgrade: a valid token, the path's user is the token's, an allowed
-/// origin, and room for one more connection.
-async fn check(
-    app: &App,
-    path_user: Option<String>,
-    token: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<i64, ApiError> {
+/// The checks made before the upgrade: a valid token, the path's user is the token's, and room for
+/// one more connection. (The origin was checked in `http::front`, as for every request.)
+async fn check(app: &App, path_user: Option<String>, token: Option<&str>) -> Result<i64, ApiError> {
     let user = app.auth.authenticate(token).await?;
     if let Some(path_user) = path_user
         && path_user.parse::<i64>().ok() != Some(user)
@@ -197,18 +207,6 @@ async fn check(
             StatusCode::FORBIDDEN,
             "forbidden",
             "this socket belongs to another user: the path's user id must be your own",
-        ));
-    }
-    let allowed = &app.config.server.cors_origins;
-    let origin = headers.get(header::ORIGIN).map(HeaderValue::as_bytes);
-    if let Some(origin) = origin
-        && !allowed.is_empty()
-        && !allowed.iter().any(|a| a.as_bytes() == origin)
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden_origin",
-            "this origin may not open a socket; it is not in server.cors_origins",
         ));
     }
     let limit = app.config.limits.max_connections_per_user;

@@ -1,202 +1,17 @@
 //! `teachlyd serve` as a process: what it writes to its log, and how it stops on SIGTERM.
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::common::{TestDb, TestUser, WsClient, session_user};
+use crate::common::{
+    TestDb, WsClient,
+    daemon::{Daemon, tempdir},
+};
 use crate::on_both_backends;
-
-/// A running `teachlyd serve` whose stderr is collected line by line.
-struct Daemon {
-    child: Child,
-    base: String,
-    log: Arc<Mutex<String>>,
-    http: reqwest::Client,
-    _dir: tempdir::Dir,
-}
-
-mod tempdir {
-    /// A directory removed when dropped.
-    pub struct Dir(pub std::path::PathBuf);
-
-    impl Dir {
-        pub fn new(name: &str) -> Self {
-            use std::sync::atomic::{AtomicU64, Ordering};
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "teachlyd-daemon-{name}-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-impl Daemon {
-    /// Starts the binary on a port of its choosing, with `config` as its file; answers once it serves.
-    async fn start(database_url: &str, config: &str, log_level: &str) -> Self {
-        Self::start_with_env(database_url, config, log_level, &[]).await
-    }
-
-    /// `start`, with more environment variables for the process (and no `LOG_LEVEL` when
-    /// `log_level` is empty).
-    async fn start_with_env(
-        database_url: &str,
-        config: &str,
-        log_level: &str,
-        env: &[(&str, &str)],
-    ) -> Self {
-        let dir = tempdir::Dir::new("serve");
-        let path = dir.0.join("config.toml");
-        std::fs::write(
-            &path,
-            format!("[server]\nlisten = \"127.0.0.1:0\"\n{config}"),
-        )
-        .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_teachlyd"))
-            .args(["serve", "--config", path.to_str().unwrap()])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", database_url)
-            .envs((!log_level.is_empty()).then_some(("LOG_LEVEL", log_level)))
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("teachlyd starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (addr_sender, addr) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let collected = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let line = without_colours(&line);
-                if line.contains("teachlyd is serving")
-                    && let Some(addr) = line.split("addr=").nth(1)
-                {
-                    let _ =
-                        addr_sender.send(addr.split_whitespace().next().unwrap_or("").to_owned());
-                }
-                let mut log = collected.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let addr = tokio::task::spawn_blocking(move || addr.recv_timeout(Duration::from_secs(30)))
-            .await
-            .unwrap()
-            .unwrap_or_else(|_| panic!("teachlyd did not start: {}", log.lock().unwrap()));
-        Self {
-            child,
-            base: format!("http://{addr}"),
-            log,
-            http: reqwest::Client::new(),
-            _dir: dir,
-        }
-    }
-
-    async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
-        let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.expect("the daemon answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn dev_login(&self, name: &str) -> TestUser {
-        let (status, body) = self
-            .post("/auth/dev-login", None, &json!({ "name": name }))
-            .await;
-        assert_eq!(status, 200, "{body}");
-        session_user(&body)
-    }
-
-    /// Replaces the config file (after the `[server]` section `start` wrote) and sends SIGHUP.
-    fn reload_with(&self, config: &str) {
-        let path = self._dir.0.join("config.toml");
-        std::fs::write(
-            &path,
-            format!("[server]\nlisten = \"127.0.0.1:0\"\n{config}"),
-        )
-        .unwrap();
-        let sent = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-    }
-
-    /// Waits (at most 10 s) until the log holds `wanted` `times` times; answers the log.
-    async fn logged(&self, wanted: &str, times: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = self.log.lock().unwrap().clone();
-            if log.matches(wanted).count() >= times {
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{wanted:?} not logged {times} times: {log}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn ws_url(&self, query: &str) -> String {
-        format!("{}/ws{query}", self.base.replace("http://", "ws://"))
-    }
-
-    /// Sends SIGTERM and waits for the process to end; answers how it ended and how long it took.
-    async fn terminate(mut self) -> (ExitStatus, Duration, String) {
-        let started = Instant::now();
-        let killed = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(killed.success());
-        let status = tokio::task::spawn_blocking(move || {
-            let status = self.child.wait();
-            (status, self.log, self._dir)
-        })
-        .await
-        .unwrap();
-        let (status, log, _dir) = status;
-        // The reader thread may still be copying the last lines.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let log = log.lock().unwrap().clone();
-        (status.expect("the daemon ends"), started.elapsed(), log)
-    }
-}
-
-/// `line` without ANSI colour sequences (`ESC [ … m`).
-fn without_colours(line: &str) -> String {
-    let mut plain = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            chars.by_ref().find(|c| c.is_ascii_alphabetic());
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
-}
 
 on_both_backends! {
     async fn no_log_level_writes_message_text_or_tokens(backend: Backend) {
@@ -234,6 +49,10 @@ on_both_backends! {
             let (status, _, log) = daemon.terminate().await;
             assert!(status.success(), "{log}");
             assert!(log.contains("request"), "the daemon logged at {level}: {log}");
+            // Requests are named by their route's template, never by a path holding ids or a query.
+            assert!(log.contains("route=/conversations/{peer_id}/messages"), "{log}");
+            assert!(log.contains("route=/ws ") || log.contains("route=/ws\n"), "{log}");
+            assert!(!log.contains(&format!("/conversations/{}/messages", bob.id)), "{log}");
             for (what, secret) in [
                 ("message text", secret_text),
                 ("access token", alice.access_token.as_str()),
@@ -450,5 +269,156 @@ on_both_backends! {
 
         let (status, _, log) = daemon.terminate().await;
         assert!(status.success(), "{log}");
+    }
+}
+
+on_both_backends! {
+    async fn sighup_changes_spam_url_and_cors_rules_without_a_restart(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        let daemon = Daemon::start(&db.url, "cors_origins = [\"https://old.teachly.test\"]\n", "info").await;
+        let alice = daemon.dev_login("alice").await;
+        let bob = daemon.dev_login("bob").await;
+        let send = |text: &'static str| {
+            let (daemon, alice, bob) = (&daemon, &alice, &bob);
+            async move {
+                daemon
+                    .post(&format!("/conversations/{}/messages", bob.id), Some(&alice.access_token), &json!({"message": text}))
+                    .await
+            }
+        };
+        let health_from = |origin: &'static str| {
+            let daemon = &daemon;
+            async move {
+                let response = daemon
+                    .http
+                    .get(format!("{}/health", daemon.base))
+                    .header("origin", origin)
+                    .send()
+                    .await
+                    .unwrap();
+                let allowed = response
+                    .headers()
+                    .get("access-control-allow-origin")
+                    .map(|value| value.to_str().unwrap().to_owned());
+                (response.status().as_u16(), allowed)
+            }
+        };
+        let open_from = |origin: &'static str| {
+            let url = daemon.ws_url("");
+            let token = alice.access_token.clone();
+            async move { WsClient::connect_with(&url, Some(&token), Some(origin)).await.map_err(|refused| refused.status.as_u16()) }
+        };
+
+        assert_eq!(send("bring the cheat sheet").await.0, 201);
+        assert_eq!(send("see https://answers.example/x").await.0, 201);
+        assert_eq!(health_from("https://old.teachly.test").await, (200, Some("https://old.teachly.test".into())));
+        assert_eq!(health_from("https://new.teachly.test").await, (403, None));
+        assert!(open_from("https://old.teachly.test").await.is_ok());
+        assert_eq!(open_from("https://new.teachly.test").await.err(), Some(403));
+
+        daemon.reload_with(
+            "cors_origins = [\"https://new.teachly.test\"]\n[spam]\nblocked_words = [\"cheat\"]\n\
+             [urls]\nblocked_domains = [\"answers.example\"]\n",
+        );
+        let log = daemon.logged("SIGHUP: applied", 1).await;
+        assert!(log.contains("server.cors_origins") && log.contains("spam.blocked_words") && log.contains("urls.blocked_domains"), "{log}");
+        assert!(!log.contains("next restart"), "every change was live: {log}");
+
+        let (status, body) = send("bring the cheat sheet").await;
+        assert_eq!((status, body["code"].as_str()), (422, Some("spam_detected")), "{body}");
+        let (status, body) = send("see https://answers.example/x").await;
+        assert_eq!((status, body["code"].as_str()), (422, Some("url_blocked")), "{body}");
+        let mut socket = open_from("https://new.teachly.test").await.expect("the new origin may open a socket");
+        socket.send_json(&json!({"event": "message", "to": bob.id, "message": "a cheat code", "client_id": "s-1"})).await;
+        let refused = socket.until("error").await;
+        assert_eq!(refused["code"], "spam_detected", "{refused}");
+        assert_eq!(health_from("https://new.teachly.test").await, (200, Some("https://new.teachly.test".into())));
+        assert_eq!(health_from("https://old.teachly.test").await, (403, None));
+        assert_eq!(open_from("https://old.teachly.test").await.err(), Some(403));
+        let preflight = daemon
+            .http
+            .request(reqwest::Method::OPTIONS, format!("{}/conversations/{}/messages", daemon.base, bob.id))
+            .header("origin", "https://new.teachly.test")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization, content-type")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(preflight.status(), 204);
+        assert_eq!(preflight.headers()["access-control-allow-origin"], "https://new.teachly.test");
+        assert!(preflight.headers()["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+
+        // A file that does not load changes nothing: the rules of the last good one stay.
+        daemon.reload_with("[spam\nblocked_words = []\n");
+        daemon.logged("the configuration did not load; keeping the running one", 1).await;
+        assert_eq!(send("the cheat sheet, once more").await.0, 422);
+        assert_eq!(health_from("https://new.teachly.test").await.0, 200);
+        assert_eq!(send("fair and square").await.0, 201);
+
+        let (status, _, log) = daemon.terminate().await;
+        assert!(status.success(), "{log}");
+    }
+
+    async fn sigterm_during_traffic_closes_sockets_with_1001_and_keeps_every_acknowledged_message(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        let daemon = Daemon::start(&db.url, "shutdown_grace = \"5s\"\n", "info").await;
+        let bob = daemon.dev_login("bob").await;
+        let mut senders = Vec::new();
+        for n in 0..4 {
+            let user = daemon.dev_login(&format!("sender{n}")).await;
+            let socket = WsClient::connect(&daemon.ws_url(""), Some(&user.access_token)).await.unwrap();
+            senders.push(socket);
+        }
+        let mut bob_ws = WsClient::connect(&daemon.ws_url(""), Some(&bob.access_token)).await.unwrap();
+        bob_ws.ping_pong().await;
+        // Each sender keeps sending, and collects the ids the server acknowledged, until its socket
+        // closes; SIGTERM lands in the middle of that.
+        let tasks: Vec<_> = senders
+            .into_iter()
+            .enumerate()
+            .map(|(n, mut socket)| {
+                let to = bob.id;
+                tokio::spawn(async move {
+                    let mut acknowledged = Vec::new();
+                    let mut sent = 0;
+                    loop {
+                        for _ in 0..4 {
+                            sent += 1;
+                            let frame = json!({"event": "message", "to": to, "message": format!("note {sent} of {n}"), "client_id": format!("{n}-{sent}")});
+                            if !socket.try_send_json(&frame).await {
+                                while socket.next_frame().await.is_some() {}
+                                return (acknowledged, socket.close_code());
+                            }
+                        }
+                        loop {
+                            match socket.next_frame().await {
+                                Some(event) if event["event"] == "message_sent" => {
+                                    acknowledged.push(event["message"]["id"].as_i64().unwrap());
+                                    if acknowledged.len() % 4 == 0 { break; }
+                                }
+                                Some(_) => {}
+                                None => return (acknowledged, socket.close_code()),
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let (status, took, log) = daemon.terminate().await;
+        assert_eq!(status.code(), Some(0), "{log}");
+        assert!(took < Duration::from_secs(5), "stopped in {took:?}: {log}");
+        let (_, bob_code) = bob_ws.drain().await;
+        assert_eq!(bob_code, Some(1001));
+        let mut acknowledged = Vec::new();
+        for task in tasks {
+            let (ids, code) = task.await.unwrap();
+            assert_eq!(code, Some(1001), "every socket hears 1001");
+            assert!(!ids.is_empty(), "traffic flowed before the signal");
+            acknowledged.extend(ids);
+        }
+        let stored = db.connect().await.message_ids().await;
+        let missing: Vec<_> = acknowledged.iter().filter(|id| !stored.contains(id)).collect();
+        assert!(missing.is_empty(), "acknowledged but not stored: {missing:?}");
     }
 }

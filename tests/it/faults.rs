@@ -292,7 +292,7 @@ on_both_backends! {
         let chat = &app.server().app.chat;
         for _ in 0..3 {
             // What a socket task does, through the library, until it panics mid-way.
-            let (handle, _queue) = teachlyd::hub::ConnectionHandle::new(bob.id, 16);
+            let (handle, _queue) = teachlyd::hub::ConnectionHandle::new(bob.id, 16, Default::default());
             let registration = chat.connect(handle).expect("there is room");
             let task = tokio::spawn(async move {
                 let _held = registration;

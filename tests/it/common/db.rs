@@ -146,6 +146,24 @@ impl DbConnection {
         result.unwrap_or_else(|error| panic!("{sql}: {error}"));
     }
 
+    /// The id of every message stored.
+    pub async fn message_ids(&mut self) -> Vec<i64> {
+        let sql = "SELECT id FROM messages ORDER BY id";
+        let ids = match self {
+            DbConnection::Postgres(connection) => {
+                sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_all(connection)
+                    .await
+            }
+            DbConnection::Sqlite(connection) => {
+                sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_all(connection)
+                    .await
+            }
+        };
+        ids.expect("the messages can be read")
+    }
+
     /// Ends whatever the connection held (a lock, a transaction) by closing it.
     pub async fn close(self) {
         let _ = match self {

@@ -1,6 +1,7 @@
 //! The harness: a real server on 127.0.0.1 with a random port, a database of its own per test (SQLite
 //! file or PostgreSQL database, dropped afterwards), and real HTTP and WebSocket clients.
 
+pub mod daemon;
 pub mod db;
 pub mod google;
 pub mod ws;
@@ -9,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use teachlyd::{
-    app::{self, RunningServer},
     config::Config,
+    server::{self, Listeners, RunningServer},
 };
 
 pub use db::{Backend, TestDb};
@@ -190,8 +191,8 @@ impl TestApp {
 
 async fn start(config: Config) -> RunningServer {
     let addr = config.server.listen.parse().expect("a socket address");
-    let listener = app::bind(addr).expect("bind a port on 127.0.0.1");
-    app::start(config, listener)
+    let http = server::bind(addr).expect("bind a port on 127.0.0.1");
+    server::start(config, Listeners { http, admin: None })
         .await
         .expect("the server starts")
 }

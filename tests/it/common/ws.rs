@@ -121,6 +121,14 @@ impl WsClient {
         self.send_text(&value.to_string()).await;
     }
 
+    /// Sends unless the socket is closing; answers whether the frame went out.
+    pub async fn try_send_json(&mut self, value: &Value) -> bool {
+        self.stream
+            .send(Message::text(value.to_string()))
+            .await
+            .is_ok()
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.stream
             .send(Message::text(text))
