@@ -7,6 +7,7 @@ mod admin;
 mod auth;
 mod chat;
 mod cli;
+mod completions;
 mod content;
 mod daemon;
 mod docs;
