@@ -234,23 +234,20 @@ async fn connections(app: &App) -> Result<Vec<Connection>, String> {
     let mut ids: Vec<_> = handles.iter().map(|handle| handle.user_id).collect();
     ids.sort_unstable();
     ids.dedup();
-    let users = app
+    let names: std::collections::HashMap<_, _> = app
         .store
         .users(&ids)
         .await
-        .map_err(|error| format!("cannot read the users' names: {error}"))?;
-    let name_of = |id| {
-        users
-            .iter()
-            .find(|user| user.id == id)
-            .map(|user| user.name.clone())
-    };
+        .map_err(|error| format!("cannot read the users' names: {error}"))?
+        .into_iter()
+        .map(|user| (user.id, user.name))
+        .collect();
     Ok(handles
         .into_iter()
         .map(|handle| Connection {
             connection_id: handle.id,
             user_id: handle.user_id,
-            user_name: name_of(handle.user_id),
+            user_name: names.get(&handle.user_id).cloned(),
             remote_addr: handle.arrival.remote,
             path: handle.arrival.path.clone(),
             connected_at: handle.connected_at,
