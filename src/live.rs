@@ -23,6 +23,16 @@ pub fn is_live_key(key: &str) -> bool {
         .any(|live| key == *live || (live.ends_with('.') && key.starts_with(live)))
 }
 
+/// What keeps running after a reload: `running`, with the values of `LIVE_KEYS` taken from `newer`.
+pub fn with_live_keys(running: Config, newer: Config) -> Config {
+    let mut kept = running;
+    kept.log.level = newer.log.level;
+    kept.server.cors_origins = newer.server.cors_origins;
+    kept.spam = newer.spam;
+    kept.urls = newer.urls;
+    kept
+}
+
 pub struct Live {
     rules: ArcSwap<Rules>,
 }
@@ -130,6 +140,30 @@ mod tests {
         ] {
             assert!(!is_live_key(key), "{key}");
         }
+    }
+
+    #[test]
+    fn a_reload_keeps_exactly_the_live_keys() {
+        let running = Config::default();
+        let mut newer = Config::default();
+        newer.log.level = "debug".into();
+        newer.server.cors_origins = vec!["https://app.teachly.test".into()];
+        newer.spam.max_urls += 1;
+        newer.urls.blocked_domains = vec!["spam.test".into()];
+        newer.server.shutdown_grace.0 += Duration::from_secs(1);
+        newer.limits.max_message_chars += 1;
+        let changed = running.changed_keys(&newer);
+        let kept = with_live_keys(running, newer.clone());
+        // Whatever still differs is what waits for a restart, and none of it is live.
+        assert_eq!(
+            kept.changed_keys(&newer),
+            ["limits.max_message_chars", "server.shutdown_grace"]
+        );
+        assert_eq!(
+            changed.len(),
+            kept.changed_keys(&newer).len() + 4,
+            "{changed:?}"
+        );
     }
 
     #[test]

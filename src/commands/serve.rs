@@ -128,12 +128,7 @@ fn reload(args: &ServeArgs, running: Config, rules: &live::Live) -> Config {
     }
     // What runs keeps the values it started with, except the live ones: the next SIGHUP names the
     // same waiting keys again until a restart.
-    let mut kept = running;
-    kept.log.level = newer.log.level;
-    kept.server.cors_origins = newer.server.cors_origins;
-    kept.spam = newer.spam;
-    kept.urls = newer.urls;
-    kept
+    live::with_live_keys(running, newer)
 }
 
 #[derive(Debug, PartialEq, Eq)]
