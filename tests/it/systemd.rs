@@ -51,6 +51,10 @@ fn the_unit_is_a_notify_service_with_reload_watchdog_and_its_own_user() {
         "ConfigurationDirectory=teachlyd",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
+        // A bad configuration (exit 78) fails the unit instead of restarting it forever.
+        "RestartPreventExitStatus=78",
+        // The admin socket is handed to admin.group, which @privileged alone would forbid.
+        "SystemCallFilter=@chown",
     ] {
         assert!(unit.lines().any(|l| l == line), "{line} missing");
     }
