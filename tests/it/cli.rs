@@ -4,7 +4,7 @@ use std::process::{Command, Output};
 
 use crate::common::{Backend, TestDb};
 
-fn teachlyd(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn teachlyd(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_teachlyd"));
     command
         .args(args)
@@ -20,7 +20,7 @@ fn teachlyd(args: &[&str], env: &[(&str, &str)]) -> Output {
     command.output().expect("teachlyd runs")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 

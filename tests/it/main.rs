@@ -15,6 +15,7 @@ mod faults;
 mod load;
 mod man;
 mod openapi;
+mod packaging;
 mod rest;
 mod socket;
 mod store;
