@@ -333,6 +333,18 @@ on_both_backends! {
         while acked.load(Ordering::Relaxed) < 20 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Dave comes online as the purge starts: the daemon delivers his backlog of old messages
+        // (marking them delivered, taking them off the queue) while the purge deletes them.
+        let dave_url = daemon.ws_url("");
+        let dave_token = dave.access_token.clone();
+        let dave_reads = tokio::spawn(async move {
+            let mut socket = WsClient::connect(&dave_url, Some(&dave_token)).await.unwrap();
+            let mut received = 0;
+            while let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(1), socket.next_frame()).await {
+                received += usize::from(event["event"] == "new_message");
+            }
+            received
+        });
         let before = acked.load(Ordering::Relaxed);
         let started = Instant::now();
         let output = run_on(&db, &["messages", "purge", "--older-than", "7d", "--batch-size", "100"]).await;
@@ -342,7 +354,8 @@ on_both_backends! {
         stop.store(true, Ordering::Relaxed);
         assert!(output.status.success(), "{}", text(&output.stderr));
         assert_eq!(text(&output.stdout), "purged 6300 messages\n");
-        eprintln!("{backend:?}: purge of 6300 in batches of 100 took {took:?}; {during} sends acknowledged meanwhile");
+        let dave_received = dave_reads.await.unwrap();
+        eprintln!("{backend:?}: purge of 6300 in batches of 100 took {took:?}; {during} sends acknowledged meanwhile; dave received {dave_received} old messages");
         assert!(during > 0, "the daemon kept committing while the purge ran");
 
         let mut acknowledged = Vec::new();
