@@ -111,9 +111,33 @@ fn rfc3339(at: OffsetDateTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use time::macros::datetime;
 
     use super::*;
+
+    proptest! {
+        #[test]
+        fn every_rfc3339_instant_reads_back_exactly(
+            seconds in 0i64..253_402_300_799,
+            nanos in 0u32..1_000_000_000,
+            offset_minutes in -1439i32..1440,
+        ) {
+            let offset = UtcOffset::from_whole_seconds(offset_minutes * 60).unwrap();
+            let at = OffsetDateTime::from_unix_timestamp(seconds).unwrap()
+                .replace_nanosecond(nanos).unwrap()
+                .to_offset(offset);
+            // Years past 9999 after the offset cannot be written in RFC 3339.
+            prop_assume!(at.year() <= 9999 && at.year() >= 0);
+            let text = at.format(&Rfc3339).unwrap();
+            prop_assert_eq!(parse_instant(&text), Ok(at));
+        }
+
+        #[test]
+        fn never_panics(text in ".*") {
+            let _ = parse_instant(&text);
+        }
+    }
 
     #[test]
     fn reads_rfc3339_and_plain_dates_as_utc() {
