@@ -232,6 +232,65 @@ on_both_backends! {
         store.close().await;
     }
 
+    async fn any_stored_form_of_a_time_compares_exactly(backend: Backend) {
+        let (db, store) = migrated(backend, &["alice", "bob"]).await;
+        // Instants a few microseconds to seconds around one moment, each written in one of the
+        // forms a SQLite database may hold: fractions trimmed or not, offsets, no offset and a
+        // space (a naive time means the session's zone on PostgreSQL: SQLite only).
+        let base = datetime!(2026-03-01 12:00:00 UTC);
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |below: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % below
+        };
+        let forms = if backend == Backend::Sqlite { 4 } else { 3 };
+        let mut instants = Vec::new();
+        let mut rows = Vec::new();
+        for n in 0..400 {
+            let micros = match next(3) {
+                0 => next(20) as i64 - 10,
+                1 => (next(2000) as i64 - 1000) * 1000,
+                _ => next(6_000_000) as i64 - 3_000_000,
+            };
+            let at = base + time::Duration::microseconds(micros);
+            let text = match next(forms) {
+                0 => at.format(&time::format_description::well_known::Rfc3339).unwrap(),
+                1 => {
+                    let minutes = [-600, -60, 0, 330, 60][next(5) as usize];
+                    let offset = time::UtcOffset::from_whole_seconds(minutes * 60).unwrap();
+                    at.to_offset(offset).format(&time::format_description::well_known::Rfc3339).unwrap()
+                }
+                2 => at.format(time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z")).unwrap(),
+                _ => at.format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]")).unwrap(),
+            };
+            instants.push(at);
+            rows.push(format!("(1, 2, 'm{n}', '{text}')"));
+        }
+        db.execute(&format!(
+            "INSERT INTO messages (from_id, to_id, content, timestamp) VALUES {}",
+            rows.join(", ")
+        ))
+        .await;
+        for n in 0..40 {
+            // Half the cuts fall exactly on a stored instant.
+            let cut = if n % 2 == 0 {
+                instants[next(instants.len() as u64) as usize]
+            } else {
+                base + time::Duration::microseconds(next(6_000_000) as i64 - 3_000_000)
+            };
+            for selection in [
+                Selection::between(None, None, Some(cut)).unwrap(),
+                Selection::between(None, Some(cut), None).unwrap(),
+            ] {
+                let expected = instants.iter().filter(|&&at| selection.selects(1, 2, at)).count() as u64;
+                assert_eq!(store.count_messages(&selection).await.unwrap(), expected, "{selection:?}");
+            }
+        }
+        store.close().await;
+    }
+
     async fn purge_and_export_refuse_a_missing_or_unmigrated_database(backend: Backend) {
         let db = TestDb::create(backend).await;
         let missing = match backend {
