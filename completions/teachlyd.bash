@@ -25,6 +25,9 @@ _teachlyd() {
             teachlyd,help)
                 cmd="teachlyd__subcmd__help"
                 ;;
+            teachlyd,messages)
+                cmd="teachlyd__subcmd__messages"
+                ;;
             teachlyd,migrate)
                 cmd="teachlyd__subcmd__migrate"
                 ;;
@@ -76,6 +79,9 @@ _teachlyd() {
             teachlyd__subcmd__help,help)
                 cmd="teachlyd__subcmd__help__subcmd__help"
                 ;;
+            teachlyd__subcmd__help,messages)
+                cmd="teachlyd__subcmd__help__subcmd__messages"
+                ;;
             teachlyd__subcmd__help,migrate)
                 cmd="teachlyd__subcmd__help__subcmd__migrate"
                 ;;
@@ -94,6 +100,30 @@ _teachlyd() {
             teachlyd__subcmd__help__subcmd__config,check)
                 cmd="teachlyd__subcmd__help__subcmd__config__subcmd__check"
                 ;;
+            teachlyd__subcmd__help__subcmd__messages,export)
+                cmd="teachlyd__subcmd__help__subcmd__messages__subcmd__export"
+                ;;
+            teachlyd__subcmd__help__subcmd__messages,purge)
+                cmd="teachlyd__subcmd__help__subcmd__messages__subcmd__purge"
+                ;;
+            teachlyd__subcmd__messages,export)
+                cmd="teachlyd__subcmd__messages__subcmd__export"
+                ;;
+            teachlyd__subcmd__messages,help)
+                cmd="teachlyd__subcmd__messages__subcmd__help"
+                ;;
+            teachlyd__subcmd__messages,purge)
+                cmd="teachlyd__subcmd__messages__subcmd__purge"
+                ;;
+            teachlyd__subcmd__messages__subcmd__help,export)
+                cmd="teachlyd__subcmd__messages__subcmd__help__subcmd__export"
+                ;;
+            teachlyd__subcmd__messages__subcmd__help,help)
+                cmd="teachlyd__subcmd__messages__subcmd__help__subcmd__help"
+                ;;
+            teachlyd__subcmd__messages__subcmd__help,purge)
+                cmd="teachlyd__subcmd__messages__subcmd__help__subcmd__purge"
+                ;;
             *)
                 ;;
         esac
@@ -101,7 +131,7 @@ _teachlyd() {
 
     case "${cmd}" in
         teachlyd)
-            opts="-h -V --help --version serve migrate admin config help"
+            opts="-h -V --help --version serve migrate admin messages config help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -355,7 +385,7 @@ _teachlyd() {
             return 0
             ;;
         teachlyd__subcmd__help)
-            opts="serve migrate admin config help"
+            opts="serve migrate admin messages config help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -466,6 +496,48 @@ _teachlyd() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        teachlyd__subcmd__help__subcmd__messages)
+            opts="purge export"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        teachlyd__subcmd__help__subcmd__messages__subcmd__export)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        teachlyd__subcmd__help__subcmd__messages__subcmd__purge)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         teachlyd__subcmd__help__subcmd__migrate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -487,6 +559,156 @@ _teachlyd() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        teachlyd__subcmd__messages)
+            opts="-h --help purge export help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        teachlyd__subcmd__messages__subcmd__export)
+            opts="-c -o -h --config --user --since --until --format --output --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "jsonl csv" -- "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        teachlyd__subcmd__messages__subcmd__help)
+            opts="purge export help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        teachlyd__subcmd__messages__subcmd__help__subcmd__export)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        teachlyd__subcmd__messages__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        teachlyd__subcmd__messages__subcmd__help__subcmd__purge)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        teachlyd__subcmd__messages__subcmd__purge)
+            opts="-c -h --config --older-than --user --dry-run --batch-size --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --older-than)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --batch-size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

@@ -29,6 +29,7 @@ complete -c teachlyd -n "__fish_teachlyd_needs_command" -s V -l version -d 'Prin
 complete -c teachlyd -n "__fish_teachlyd_needs_command" -f -a "serve" -d 'Run the HTTP and WebSocket API (applies pending migrations first unless database.auto_migrate = false)'
 complete -c teachlyd -n "__fish_teachlyd_needs_command" -f -a "migrate" -d 'Apply pending database migrations, or list them with --status'
 complete -c teachlyd -n "__fish_teachlyd_needs_command" -f -a "admin" -d 'Ask the running daemon over its admin socket'
+complete -c teachlyd -n "__fish_teachlyd_needs_command" -f -a "messages" -d 'Purge or export stored messages, working on the database directly (the daemon may be running)'
 complete -c teachlyd -n "__fish_teachlyd_needs_command" -f -a "config" -d 'Work with the configuration file'
 complete -c teachlyd -n "__fish_teachlyd_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand serve" -s c -l config -d 'The TOML config file (default: $TEACHLYD_CONFIG, else /etc/teachlyd/config.toml if it exists, else built-in defaults)' -r -F
@@ -59,6 +60,27 @@ complete -c teachlyd -n "__fish_teachlyd_using_subcommand admin; and __fish_seen
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand admin; and __fish_seen_subcommand_from help" -f -a "stats" -d 'Show uptime, version, connections, online users and messages stored since start'
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand admin; and __fish_seen_subcommand_from help" -f -a "kick" -d 'Close a user\'s sockets with close code 4001 (the client may reconnect unless --revoke)'
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand admin; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and not __fish_seen_subcommand_from purge export help" -s h -l help -d 'Print help'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and not __fish_seen_subcommand_from purge export help" -f -a "purge" -d 'Delete messages older than a duration, in short batches, and print how many'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and not __fish_seen_subcommand_from purge export help" -f -a "export" -d 'Write messages out as JSON lines or CSV, oldest first, in constant memory'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and not __fish_seen_subcommand_from purge export help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and __fish_seen_subcommand_from purge" -s c -l config -d 'The TOML config file (default: $TEACHLYD_CONFIG, else /etc/teachlyd/config.toml if it exists, else built-in defaults)' -r -F
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and __fish_seen_subcommand_from purge" -l older-than -d 'Delete messages sent longer ago than this: a whole number and a unit, like 90d, 12h, 15m or 30s' -r
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and __fish_seen_subcommand_from purge" -l user -d 'Only messages this user sent or received' -r
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and __fish_seen_subcommand_from purge" -l batch-size -d 'How many messages one transaction deletes' -r
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and __fish_seen_subcommand_from purge" -l dry-run -d 'Count the messages a purge would delete, and delete nothing'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and __fish_seen_subcommand_from purge" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and __fish_seen_subcommand_from export" -s c -l config -d 'The TOML config file (default: $TEACHLYD_CONFIG, else /etc/teachlyd/config.toml if it exists, else built-in defaults)' -r -F
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and __fish_seen_subcommand_from export" -l user -d 'Only messages this user sent or received' -r
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and __fish_seen_subcommand_from export" -l since -d 'Only messages sent at or after T: RFC 3339 (2026-01-31T12:00:00Z) or a date (2026-01-31, midnight UTC)' -r
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and __fish_seen_subcommand_from export" -l until -d 'Only messages sent before T (not at T): RFC 3339 or a date, like --since' -r
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and __fish_seen_subcommand_from export" -l format -d 'The output format' -r -f -a "jsonl\t'One JSON object per line'
+csv\t'A header row, then one row per message (RFC 4180 quoting); an empty field is null'"
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and __fish_seen_subcommand_from export" -s o -l output -d 'Write to FILE (created, or truncated) instead of standard output; `-` is standard output' -r -F
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and __fish_seen_subcommand_from export" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and __fish_seen_subcommand_from help" -f -a "purge" -d 'Delete messages older than a duration, in short batches, and print how many'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and __fish_seen_subcommand_from help" -f -a "export" -d 'Write messages out as JSON lines or CSV, oldest first, in constant memory'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand messages; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand config; and not __fish_seen_subcommand_from check help" -s h -l help -d 'Print help'
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand config; and not __fish_seen_subcommand_from check help" -f -a "check" -d 'Validate the configuration and print the effective values, secrets masked'
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand config; and not __fish_seen_subcommand_from check help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -66,12 +88,15 @@ complete -c teachlyd -n "__fish_teachlyd_using_subcommand config; and __fish_see
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand config; and __fish_seen_subcommand_from check" -s h -l help -d 'Print help'
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "check" -d 'Validate the configuration and print the effective values, secrets masked'
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c teachlyd -n "__fish_teachlyd_using_subcommand help; and not __fish_seen_subcommand_from serve migrate admin config help" -f -a "serve" -d 'Run the HTTP and WebSocket API (applies pending migrations first unless database.auto_migrate = false)'
-complete -c teachlyd -n "__fish_teachlyd_using_subcommand help; and not __fish_seen_subcommand_from serve migrate admin config help" -f -a "migrate" -d 'Apply pending database migrations, or list them with --status'
-complete -c teachlyd -n "__fish_teachlyd_using_subcommand help; and not __fish_seen_subcommand_from serve migrate admin config help" -f -a "admin" -d 'Ask the running daemon over its admin socket'
-complete -c teachlyd -n "__fish_teachlyd_using_subcommand help; and not __fish_seen_subcommand_from serve migrate admin config help" -f -a "config" -d 'Work with the configuration file'
-complete -c teachlyd -n "__fish_teachlyd_using_subcommand help; and not __fish_seen_subcommand_from serve migrate admin config help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand help; and not __fish_seen_subcommand_from serve migrate admin messages config help" -f -a "serve" -d 'Run the HTTP and WebSocket API (applies pending migrations first unless database.auto_migrate = false)'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand help; and not __fish_seen_subcommand_from serve migrate admin messages config help" -f -a "migrate" -d 'Apply pending database migrations, or list them with --status'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand help; and not __fish_seen_subcommand_from serve migrate admin messages config help" -f -a "admin" -d 'Ask the running daemon over its admin socket'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand help; and not __fish_seen_subcommand_from serve migrate admin messages config help" -f -a "messages" -d 'Purge or export stored messages, working on the database directly (the daemon may be running)'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand help; and not __fish_seen_subcommand_from serve migrate admin messages config help" -f -a "config" -d 'Work with the configuration file'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand help; and not __fish_seen_subcommand_from serve migrate admin messages config help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand help; and __fish_seen_subcommand_from admin" -f -a "connections" -d 'List this instance\'s live WebSocket connections'
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand help; and __fish_seen_subcommand_from admin" -f -a "stats" -d 'Show uptime, version, connections, online users and messages stored since start'
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand help; and __fish_seen_subcommand_from admin" -f -a "kick" -d 'Close a user\'s sockets with close code 4001 (the client may reconnect unless --revoke)'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand help; and __fish_seen_subcommand_from messages" -f -a "purge" -d 'Delete messages older than a duration, in short batches, and print how many'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand help; and __fish_seen_subcommand_from messages" -f -a "export" -d 'Write messages out as JSON lines or CSV, oldest first, in constant memory'
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "check" -d 'Validate the configuration and print the effective values, secrets masked'

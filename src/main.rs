@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use teachlyd::{
-    cli::{AdminCommand, Cli, Command, ConfigCommand},
+    cli::{AdminCommand, Cli, Command, ConfigCommand, MessagesCommand},
     commands::{self, CommandError},
 };
 
@@ -28,6 +28,13 @@ fn main() -> ExitCode {
                 commands::admin::stats(args).await.map(Some)
             }
             Command::Admin(AdminCommand::Kick(args)) => commands::admin::kick(args).await.map(Some),
+            Command::Messages(MessagesCommand::Purge(args)) => {
+                commands::messages::purge(args).await.map(Some)
+            }
+            // The export writes its rows itself, as they are read.
+            Command::Messages(MessagesCommand::Export(args)) => {
+                commands::messages::export(args).await.map(|()| None)
+            }
             Command::Config(ConfigCommand::Check(file)) => {
                 commands::config_check::run(file).map(Some)
             }

@@ -5,11 +5,12 @@ use std::process::ExitCode;
 use crate::{
     config::{Config, ConfigError, ConfigSource},
     server::StartError,
-    store::{Store, StoreError},
+    store::{ExistingError, Store, StoreError},
 };
 
 pub mod admin;
 pub mod config_check;
+pub mod messages;
 pub mod migrate;
 pub mod serve;
 mod systemd;
@@ -28,6 +29,9 @@ pub enum CommandError {
     PermissionDenied(String),
     #[error("{0}")]
     Runtime(String),
+    /// Arguments that parse one by one but not together.
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl CommandError {
@@ -39,6 +43,7 @@ impl CommandError {
             }
             CommandError::PermissionDenied(_) => ExitCode::from(77),
             CommandError::Runtime(_) => ExitCode::from(1),
+            CommandError::Usage(_) => ExitCode::from(2),
         }
     }
 }
@@ -82,5 +87,33 @@ pub async fn open_store(config: &Config) -> Result<Store, CommandError> {
                 ))
             }
             other => other.into(),
+        })
+}
+
+/// Opens a database that exists and is migrated, for commands that work on stored data: they never
+/// create a database (a mistyped path would leave an empty one behind) nor migrate one.
+pub async fn open_existing_store(config: &Config) -> Result<Store, CommandError> {
+    let url = crate::config::mask_url_password(&config.database.url);
+    Store::connect_existing(&config.database.url, 2, config.database.write_timeout.0)
+        .await
+        .map_err(|error| match error {
+            ExistingError::NoFile(path) => CommandError::DatabaseUnavailable(format!(
+                "cannot open {url}: there is no database file at {}; check database.url \
+                 (or DATABASE_URL), or create the database with `teachlyd migrate`",
+                path.display()
+            )),
+            ExistingError::Unmigrated { pending, known } if pending == known => {
+                CommandError::Runtime(format!(
+                    "the database at {url} has no teachlyd schema; run `teachlyd migrate` first"
+                ))
+            }
+            ExistingError::Unmigrated { pending, .. } => CommandError::Runtime(format!(
+                "the database at {url} lacks {pending} migration(s) of this teachlyd; run \
+                 `teachlyd migrate` first"
+            )),
+            ExistingError::Store(error @ (StoreError::Other(_) | StoreError::Unavailable(_))) => {
+                CommandError::DatabaseUnavailable(format!("cannot open {url}: {error}"))
+            }
+            ExistingError::Store(other) => other.into(),
         })
 }

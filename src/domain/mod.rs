@@ -3,6 +3,7 @@
 
 pub mod content;
 pub mod repeat;
+pub mod selection;
 pub mod visible;
 
 use serde::Serialize;

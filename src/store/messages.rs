@@ -5,7 +5,7 @@ use sqlx::{AssertSqlSafe, types::time::OffsetDateTime};
 use super::{Lane, Store, StoreError, StoreResult, on_pool, users::json_array};
 use crate::domain::{Message, MessageId, NewMessage, Receipt, User, UserId};
 
-const MESSAGE_COLUMNS: &str =
+pub(super) const MESSAGE_COLUMNS: &str =
     "id, from_id, to_id, content, timestamp, delivered_at, seen_at, client_id";
 
 /// A message that was just marked seen; `delivered_now` when marking it seen also delivered it.

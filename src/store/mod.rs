@@ -2,12 +2,13 @@
 //! rest of the program never names a dialect. SQL is written once where the dialects agree; where they
 //! differ, both versions sit next to each other.
 
+mod bulk;
 mod known_users;
 mod messages;
 pub mod tokens;
 mod users;
 
-use std::{str::FromStr, time::Duration};
+use std::{path::PathBuf, str::FromStr, time::Duration};
 
 use sqlx::{
     PgPool, SqlitePool,
@@ -16,6 +17,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
+pub use bulk::DEFAULT_PURGE_BATCH;
 pub use known_users::KnownUsers;
 pub use messages::{Committed, ConversationSummary, HistoryPage, SeenReceipt};
 pub use tokens::{RefreshTokenRecord, Rotation};
@@ -115,6 +117,20 @@ fn is_transient(error: &dyn sqlx::error::DatabaseError) -> bool {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Why [`Store::connect_existing`] has no database to work on.
+#[derive(Debug, thiserror::Error)]
+pub enum ExistingError {
+    /// The SQLite file is not there (and was not created).
+    #[error("there is no database file at {}", .0.display())]
+    NoFile(PathBuf),
+    /// The database answers, but `pending` of the `known` migrations of this teachlyd are not
+    /// applied (all of them: it was never migrated).
+    #[error("{pending} of {known} migrations are not applied")]
+    Unmigrated { pending: usize, known: usize },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Runs `$body` with `$pool` bound to the pool that serves reads (`read`) or writes (`write`).
 /// The body is compiled once per backend, so the same query text serves both.
 macro_rules! on_pool {
@@ -168,13 +184,57 @@ impl Store {
         }
     }
 
+    /// Opens a database that exists and carries every migration of this teachlyd, for the operator
+    /// commands that work on stored data: nothing is created or migrated, unlike [`Store::connect`]
+    /// (a mistyped path must not leave an empty database behind, nor change a schema in passing).
+    pub async fn connect_existing(
+        url: &str,
+        max_connections: u32,
+        write_timeout: Duration,
+    ) -> Result<Self, ExistingError> {
+        let store = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url).map_err(StoreError::from)?;
+            let path = options.get_filename();
+            if !path.exists() {
+                return Err(ExistingError::NoFile(path.to_owned()));
+            }
+            Self::connect_sqlite_with(options, max_connections, write_timeout).await?
+        } else {
+            Self::connect(url, max_connections, write_timeout).await?
+        };
+        let migrations = match store.migration_status().await {
+            Ok(migrations) => migrations,
+            Err(error) => {
+                store.close().await;
+                return Err(error.into());
+            }
+        };
+        let pending = migrations.iter().filter(|m| !m.applied).count();
+        if pending > 0 {
+            store.close().await;
+            return Err(ExistingError::Unmigrated {
+                pending,
+                known: migrations.len(),
+            });
+        }
+        Ok(store)
+    }
+
     async fn connect_sqlite(
         url: &str,
         max_connections: u32,
         write_timeout: Duration,
     ) -> StoreResult<Self> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
+        let options = SqliteConnectOptions::from_str(url)?.create_if_missing(true);
+        Self::connect_sqlite_with(options, max_connections, write_timeout).await
+    }
+
+    async fn connect_sqlite_with(
+        options: SqliteConnectOptions,
+        max_connections: u32,
+        write_timeout: Duration,
+    ) -> StoreResult<Self> {
+        let options = options
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a commit acknowledged to a sender survives a power cut, not only a crash.
             .synchronous(SqliteSynchronous::Full)

@@ -1,28 +1,9 @@
 //! The real binary: exit codes, `config check`, `migrate`.
 
-use std::process::{Command, Output};
-
-use crate::common::{Backend, TestDb};
-
-pub(crate) fn teachlyd(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_teachlyd"));
-    command
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    // No stray /etc/teachlyd/config.toml: point at an empty file unless a test names one.
-    let empty = std::env::temp_dir().join("teachlyd-empty-config.toml");
-    std::fs::write(&empty, "").unwrap();
-    command.env("TEACHLYD_CONFIG", &empty);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.output().expect("teachlyd runs")
-}
-
-pub(crate) fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use crate::common::{
+    Backend, TestDb,
+    binary::{teachlyd, text},
+};
 
 #[test]
 fn config_check_masks_secrets_and_shows_the_rest() {

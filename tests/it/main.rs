@@ -14,6 +14,7 @@ mod docs;
 mod faults;
 mod load;
 mod man;
+mod messages;
 mod openapi;
 mod packaging;
 mod rest;

@@ -1,6 +1,7 @@
 //! The harness: a real server on 127.0.0.1 with a random port, a database of its own per test (SQLite
 //! file or PostgreSQL database, dropped afterwards), and real HTTP and WebSocket clients.
 
+pub mod binary;
 pub mod daemon;
 pub mod db;
 pub mod google;
