@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use time::format_description::well_known::Rfc3339;
-
 use super::{CommandError, load_config};
 use crate::{
     admin::{
@@ -166,10 +164,7 @@ fn printable(text: &str) -> String {
 }
 
 fn timestamp(at: time::OffsetDateTime) -> String {
-    at.replace_nanosecond(0)
-        .unwrap_or(at)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| at.to_string())
+    crate::domain::rfc3339(at.replace_nanosecond(0).unwrap_or(at))
 }
 
 fn uptime(seconds: u64) -> String {

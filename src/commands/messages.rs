@@ -8,14 +8,14 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use time::{OffsetDateTime, UtcOffset, format_description::well_known::Rfc3339};
+use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::{CommandError, load_config, open_existing_store};
 use crate::{
     cli::{ExportArgs, ExportFormat, PurgeArgs},
     domain::{
-        self, Message,
+        self, Message, rfc3339,
         selection::{Selection, SelectionError},
     },
 };
@@ -203,17 +203,12 @@ fn write_csv_records(out: impl Write, mut rows: mpsc::Receiver<Message>) -> csv:
 
 /// Every timestamp of `message` in UTC (SQLite hands back whatever offset the text carried).
 fn in_utc(message: Message) -> Message {
-    let utc = |at: OffsetDateTime| at.to_offset(UtcOffset::UTC);
     Message {
-        timestamp: utc(message.timestamp),
-        delivered_at: message.delivered_at.map(utc),
-        seen_at: message.seen_at.map(utc),
+        timestamp: domain::in_utc(message.timestamp),
+        delivered_at: message.delivered_at.map(domain::in_utc),
+        seen_at: message.seen_at.map(domain::in_utc),
         ..message
     }
-}
-
-fn rfc3339(at: OffsetDateTime) -> String {
-    at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
 }
 
 fn messages(n: u64) -> String {

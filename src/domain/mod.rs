@@ -23,6 +23,17 @@ pub fn now() -> OffsetDateTime {
         .unwrap_or(now)
 }
 
+/// `at` as the same instant in UTC.
+pub fn in_utc(at: OffsetDateTime) -> OffsetDateTime {
+    at.to_offset(time::UtcOffset::UTC)
+}
+
+/// `at` in RFC 3339, as clients and operators read times.
+pub fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.to_string())
+}
+
 /// A stored message, as clients see it (SPEC §4 "Message object").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Message {

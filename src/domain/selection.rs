@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use time::{
-    Date, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset,
-    format_description::well_known::Rfc3339, macros::format_description,
+    Date, OffsetDateTime, PrimitiveDateTime, Time, format_description::well_known::Rfc3339,
+    macros::format_description,
 };
 
-use super::UserId;
+use super::{UserId, in_utc, rfc3339};
 
 /// Messages sent at or after `since` and strictly before `until` (each bound optional), sent or
 /// received by `user` when one is given.
@@ -46,8 +46,8 @@ impl Selection {
         }
         Ok(Self {
             user,
-            since: since.map(utc),
-            until: until.map(utc),
+            since: since.map(in_utc),
+            until: until.map(in_utc),
         })
     }
 
@@ -91,7 +91,7 @@ impl Selection {
 pub fn parse_instant(text: &str) -> Result<OffsetDateTime, String> {
     let text = text.trim();
     if let Ok(at) = OffsetDateTime::parse(text, &Rfc3339) {
-        return Ok(utc(at));
+        return Ok(in_utc(at));
     }
     if let Ok(date) = Date::parse(text, format_description!("[year]-[month]-[day]")) {
         return Ok(PrimitiveDateTime::new(date, Time::MIDNIGHT).assume_utc());
@@ -101,18 +101,10 @@ pub fn parse_instant(text: &str) -> Result<OffsetDateTime, String> {
     ))
 }
 
-fn utc(at: OffsetDateTime) -> OffsetDateTime {
-    at.to_offset(UtcOffset::UTC)
-}
-
-fn rfc3339(at: OffsetDateTime) -> String {
-    at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
-    use time::macros::datetime;
+    use time::{UtcOffset, macros::datetime};
 
     use super::*;
 

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, stream::BoxStream};
 use sqlx::{AssertSqlSafe, types::time::OffsetDateTime};
-use time::{UtcOffset, format_description::BorrowedFormatItem, macros::format_description};
+use time::{format_description::BorrowedFormatItem, macros::format_description};
 
 use super::{
     Store, StoreError, StoreResult, messages::MESSAGE_COLUMNS, on_pool, users::json_array,
 };
-use crate::domain::{Message, MessageId, selection::Selection};
+use crate::domain::{Message, MessageId, in_utc, selection::Selection};
 
 /// How many messages one purge transaction deletes unless told otherwise.
 pub const DEFAULT_PURGE_BATCH: u32 = 1000;
@@ -248,7 +248,7 @@ impl Store {
 
 /// `at` in [`SQLITE_INSTANT`]'s form.
 fn sqlite_instant(at: OffsetDateTime) -> StoreResult<String> {
-    at.to_offset(UtcOffset::UTC)
+    in_utc(at)
         .format(SQLITE_INSTANT_FORMAT)
         .map_err(|error| StoreError::Other(sqlx::Error::Encode(Box::new(error))))
 }
