@@ -1,5 +1,5 @@
-//! What SIGHUP changes while serving (SPEC §8): the CORS origins, the spam and URL rules, and (in
-//! `telemetry`) the log level. Request paths read the rules through one handle; a reload swaps the
+//! What SIGHUP changes while serving (SPEC §8): the CORS origins, the spam and URL rules, the rate
+//! limits, and (in `telemetry`) the log level. Request paths read the rules through one handle; a reload swaps the
 //! whole set at once, so a request sees either the old rules or the new ones, never a mix.
 
 use std::{sync::Arc, time::Duration};
@@ -12,10 +12,17 @@ use crate::{
         content::{ContentChecker, ContentRules},
         repeat::RepeatGuard,
     },
+    rate::RateLimits,
 };
 
 /// The dotted config keys a reload applies; every other changed key waits for a restart.
-pub const LIVE_KEYS: [&str; 4] = ["log.level", "server.cors_origins", "spam.", "urls."];
+pub const LIVE_KEYS: [&str; 5] = [
+    "log.level",
+    "server.cors_origins",
+    "spam.",
+    "urls.",
+    "rate_limit.",
+];
 
 pub fn is_live_key(key: &str) -> bool {
     LIVE_KEYS
@@ -30,6 +37,7 @@ pub fn with_live_keys(running: Config, newer: Config) -> Config {
     kept.server.cors_origins = newer.server.cors_origins;
     kept.spam = newer.spam;
     kept.urls = newer.urls;
+    kept.rate_limit = newer.rate_limit;
     kept
 }
 
@@ -44,6 +52,8 @@ pub struct Rules {
     /// Rebuilt (its counts forgotten) only when `spam.duplicate_*` change.
     pub repeats: Arc<RepeatGuard>,
     repeat_rule: (usize, Duration),
+    /// Rebuilt (its counts forgotten) only when `rate_limit.*` change.
+    pub rate: Arc<RateLimits>,
 }
 
 impl Live {
@@ -77,11 +87,18 @@ impl Rules {
             Some(previous) if previous.repeat_rule == repeat_rule => Arc::clone(&previous.repeats),
             _ => Arc::new(RepeatGuard::new(repeat_rule.0, repeat_rule.1)),
         };
+        let rate = match previous {
+            Some(previous) if *previous.rate.config() == config.rate_limit => {
+                Arc::clone(&previous.rate)
+            }
+            _ => Arc::new(RateLimits::new(&config.rate_limit)),
+        };
         Self {
             origins: Origins(config.server.cors_origins.clone()),
             content: ContentChecker::new(content_rules(config)),
             repeats,
             repeat_rule,
+            rate,
         }
     }
 }
@@ -129,6 +146,7 @@ mod tests {
             "server.cors_origins",
             "spam.blocked_words",
             "urls.blocked_domains",
+            "rate_limit.enabled",
         ] {
             assert!(is_live_key(key), "{key}");
         }
@@ -150,6 +168,7 @@ mod tests {
         newer.server.cors_origins = vec!["https://app.teachly.test".into()];
         newer.spam.max_urls += 1;
         newer.urls.blocked_domains = vec!["spam.test".into()];
+        newer.rate_limit.auth_per_minute += 1;
         newer.server.shutdown_grace.0 += Duration::from_secs(1);
         newer.limits.max_message_chars += 1;
         let changed = running.changed_keys(&newer);
@@ -161,7 +180,7 @@ mod tests {
         );
         assert_eq!(
             changed.len(),
-            kept.changed_keys(&newer).len() + 4,
+            kept.changed_keys(&newer).len() + 5,
             "{changed:?}"
         );
     }
@@ -198,5 +217,20 @@ mod tests {
         config.spam.duplicate_limit = 7;
         live.apply(&config, 1000);
         assert!(!Arc::ptr_eq(&after.repeats, &live.rules().repeats));
+    }
+
+    #[test]
+    fn a_reload_keeps_the_rate_counts_unless_a_limit_changed() {
+        let mut config = Config::default();
+        let live = Live::new(&config);
+        let before = live.rules();
+        config.spam.max_urls += 1;
+        live.apply(&config, 1000);
+        assert!(Arc::ptr_eq(&before.rate, &live.rules().rate));
+        config.rate_limit.enabled = false;
+        live.apply(&config, 1000);
+        let after = live.rules();
+        assert!(!Arc::ptr_eq(&before.rate, &after.rate));
+        assert!(!after.rate.config().enabled);
     }
 }

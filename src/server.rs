@@ -17,7 +17,13 @@ use crate::{
     auth::Auth,
     chat::Chat,
     config::{Config, ConfigError},
-    http::{self, allow::Methods, front::Front},
+    http::{
+        self,
+        allow::Methods,
+        caps::{ConnectionCaps, ConnectionSlot},
+        client_ip::TrustedProxies,
+        front::Front,
+    },
     hub::{CloseCode, Hub},
     live::Live,
     store::{KnownUsers, Store, StoreError},
@@ -119,9 +125,22 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<RunningServer
         shutdown: shutdown.clone(),
         sockets: TaskTracker::new(),
     });
+    let trusted = Arc::new(TrustedProxies::new(app.config.trusted_proxies()?));
+    let caps = ConnectionCaps::new(
+        app.config.limits.max_connections,
+        app.config.limits.max_connections_per_ip,
+        TrustedProxies::clone(&trusted),
+    );
+    let header_timeout = app.config.server.header_timeout.0;
     let routes = http::routes(Arc::clone(&app), document, Arc::clone(&methods));
-    let front = Front::new(routes, methods, live);
-    let http = tokio::spawn(serve_http(listener, front, shutdown.clone()));
+    let front = Front::new(routes, methods, Arc::clone(&app), trusted);
+    let http = tokio::spawn(serve_http(
+        listener,
+        front,
+        caps,
+        header_timeout,
+        shutdown.clone(),
+    ));
     if let Some(admin) = admin {
         background.spawn(crate::admin::serve(admin, Arc::clone(&app)));
     }
@@ -161,10 +180,26 @@ async fn open_migrated(config: &Config) -> Result<Store, StartError> {
 
 /// Accepts HTTP connections until `shutdown`, then waits for the requests in progress. An upgraded
 /// WebSocket leaves the HTTP connection it came from, so it is not waited for here (see `stop`).
-async fn serve_http(listener: TcpListener, front: Front, shutdown: CancellationToken) {
+/// Each connection holds a slot of `caps` for as long as it (or its WebSocket) is open; a client
+/// that does not send a whole request head within `header_timeout` is disconnected.
+async fn serve_http(
+    listener: TcpListener,
+    front: Front,
+    caps: Arc<ConnectionCaps>,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) {
     let connections = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
     loop {
+        let room = tokio::select! {
+            () = shutdown.cancelled() => break,
+            room = caps.room() => room,
+        };
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -176,10 +211,18 @@ async fn serve_http(listener: TcpListener, front: Front, shutdown: CancellationT
                 }
             },
         };
+        let Some(slot) = caps.admit(room, peer.ip()) else {
+            tracing::debug!(%peer, "refused a connection: its address holds limits.max_connections_per_ip");
+            drop(stream);
+            continue;
+        };
         let front = front.clone();
         let service = hyper::service::service_fn(move |request| {
             let front = front.clone();
-            async move { Ok::<_, std::convert::Infallible>(front.handle(peer, request).await) }
+            let slot: ConnectionSlot = slot.clone();
+            async move {
+                Ok::<_, std::convert::Infallible>(front.handle(peer, Some(slot), request).await)
+            }
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let connection = connections.watch(connection.into_owned());

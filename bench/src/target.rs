@@ -138,7 +138,12 @@ async fn spawn(
     };
     let config = dir.join("config.toml");
     let started = async {
-        std::fs::write(&config, "").context("cannot write the empty config file")?;
+        // Every simulated user connects from 127.0.0.1, so the per-address cap must not count.
+        std::fs::write(
+            &config,
+            "[limits]\nmax_connections = 1000000\nmax_connections_per_ip = 1000000\n",
+        )
+        .context("cannot write the config file")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .context("no free port on 127.0.0.1")?

@@ -31,6 +31,7 @@ pub struct Config {
     pub spam: SpamConfig,
     pub urls: UrlsConfig,
     pub admin: AdminConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -38,7 +39,14 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: String,
     pub cors_origins: Vec<String>,
+    /// CIDRs of the reverse proxies whose `X-Forwarded-For` names the client; from anyone else the
+    /// header is ignored, so a client cannot choose its own rate-limit key.
+    pub trusted_proxies: Vec<String>,
     pub shutdown_grace: HumanDuration,
+    /// A client that has not sent a whole request head within this is disconnected.
+    pub header_timeout: HumanDuration,
+    /// A request whose route has not answered within this gets 408 (a body trickled in slowly).
+    pub request_timeout: HumanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -97,6 +105,34 @@ pub struct LimitsConfig {
     pub outbound_queue: usize,
     /// The server pings every socket this often; one silent for three intervals is dropped.
     pub ping_interval: HumanDuration,
+    /// Open TCP connections (HTTP and WebSocket) at once; the next waits in the kernel's backlog.
+    pub max_connections: usize,
+    /// Open TCP connections from one address; a trusted proxy is exempt.
+    pub max_connections_per_ip: usize,
+}
+
+/// SPEC §7. Counts are per client IP unless the name says otherwise; each limit allows its whole
+/// count as a burst and refills evenly over its period.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    pub health_per_minute: u32,
+    pub auth_per_minute: u32,
+    /// Per user (per IP for a request without a valid token): GET routes of the chat API.
+    pub chat_reads_per_minute: u32,
+    /// Per user (per IP without a valid token): the other chat API routes.
+    pub chat_writes_per_minute: u32,
+    pub ws_upgrades_per_minute: u32,
+    /// Per user, over all of their sockets.
+    pub ws_messages_per_10s: u32,
+    pub ws_messages_burst: u32,
+    /// Per user.
+    pub typing_per_second: u32,
+    /// Refused frames in 10 s after which a socket is closed with 1008.
+    pub ws_flood_close: u32,
+    /// Keys each limiter remembers at most; beyond, the least limited half is forgotten.
+    pub max_keys: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -141,7 +177,10 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:8000".into(),
             cors_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             shutdown_grace: HumanDuration::secs(10),
+            header_timeout: HumanDuration::secs(10),
+            request_timeout: HumanDuration::secs(30),
         }
     }
 }
@@ -192,6 +231,26 @@ impl Default for LimitsConfig {
             max_connections_per_user: 5,
             outbound_queue: 1024,
             ping_interval: HumanDuration::secs(30),
+            max_connections: 20_000,
+            max_connections_per_ip: 256,
+        }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            health_per_minute: 10,
+            auth_per_minute: 10,
+            chat_reads_per_minute: 60,
+            chat_writes_per_minute: 30,
+            ws_upgrades_per_minute: 20,
+            ws_messages_per_10s: 30,
+            ws_messages_burst: 10,
+            typing_per_second: 1,
+            ws_flood_close: 100,
+            max_keys: 100_000,
         }
     }
 }
@@ -373,6 +432,18 @@ impl Config {
         if let Some(secret) = env("TEACHLYD_SESSION_SECRET") {
             self.auth.session_secret = Some(Secret::new(secret));
         }
+        if let Some(enabled) = env("RATE_LIMIT_ENABLED") {
+            self.rate_limit.enabled = match enabled.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => {
+                    return Err(invalid(
+                        "rate_limit.enabled",
+                        format!("RATE_LIMIT_ENABLED=`{enabled}` is neither true nor false"),
+                    ));
+                }
+            };
+        }
         Ok(())
     }
 
@@ -381,6 +452,7 @@ impl Config {
         for origin in &self.server.cors_origins {
             validate_origin(origin)?;
         }
+        self.trusted_proxies()?;
         validate_database_url(&self.database.url)?;
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
@@ -388,6 +460,7 @@ impl Config {
         self.validate_auth()?;
         validate_log_level(&self.log.level)?;
         self.validate_limits()?;
+        self.validate_rate_limits()?;
         self.validate_durations()?;
         for domain in &mut self.urls.blocked_domains {
             *domain = normalize_domain(domain)?;
@@ -501,6 +574,58 @@ impl Config {
                 "must be between 16 and 1000000",
             ));
         }
+        if !(1..=1_000_000).contains(&limits.max_connections) {
+            return Err(invalid(
+                "limits.max_connections",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if !(1..=limits.max_connections).contains(&limits.max_connections_per_ip) {
+            return Err(invalid(
+                "limits.max_connections_per_ip",
+                "must be between 1 and limits.max_connections",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A zero count would refuse everything: turning limits off is `rate_limit.enabled = false`.
+    fn validate_rate_limits(&self) -> Result<(), ConfigError> {
+        let rate = &self.rate_limit;
+        let counts = [
+            ("rate_limit.health_per_minute", rate.health_per_minute),
+            ("rate_limit.auth_per_minute", rate.auth_per_minute),
+            (
+                "rate_limit.chat_reads_per_minute",
+                rate.chat_reads_per_minute,
+            ),
+            (
+                "rate_limit.chat_writes_per_minute",
+                rate.chat_writes_per_minute,
+            ),
+            (
+                "rate_limit.ws_upgrades_per_minute",
+                rate.ws_upgrades_per_minute,
+            ),
+            ("rate_limit.ws_messages_per_10s", rate.ws_messages_per_10s),
+            ("rate_limit.ws_messages_burst", rate.ws_messages_burst),
+            ("rate_limit.typing_per_second", rate.typing_per_second),
+            ("rate_limit.ws_flood_close", rate.ws_flood_close),
+        ];
+        for (key, count) in counts {
+            if !(1..=1_000_000).contains(&count) {
+                return Err(invalid(
+                    key,
+                    "must be between 1 and 1000000 (rate_limit.enabled = false turns limits off)",
+                ));
+            }
+        }
+        if !(1_000..=100_000_000).contains(&rate.max_keys) {
+            return Err(invalid(
+                "rate_limit.max_keys",
+                "must be between 1000 and 100000000",
+            ));
+        }
         Ok(())
     }
 
@@ -511,6 +636,8 @@ impl Config {
         const DAY: u64 = 24 * HOUR;
         let bounded = [
             ("server.shutdown_grace", self.server.shutdown_grace, HOUR),
+            ("server.header_timeout", self.server.header_timeout, HOUR),
+            ("server.request_timeout", self.server.request_timeout, HOUR),
             ("database.write_timeout", self.database.write_timeout, HOUR),
             ("limits.ping_interval", self.limits.ping_interval, HOUR),
             ("auth.access_token_ttl", self.auth.access_token_ttl, DAY),
@@ -531,6 +658,27 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `server.trusted_proxies` parsed: CIDRs, or single addresses.
+    pub fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        self.server
+            .trusted_proxies
+            .iter()
+            .map(|entry| {
+                let entry = entry.trim();
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map(|net| net.trunc())
+                    .map_err(|_| {
+                        invalid(
+                            "server.trusted_proxies",
+                            format!("`{entry}` is neither a CIDR like 10.0.0.0/8 nor an address"),
+                        )
+                    })
+            })
+            .collect()
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {

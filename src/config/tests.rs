@@ -272,3 +272,76 @@ fn blocked_domains_are_normalized() {
     config.validate().unwrap();
     assert_eq!(config.urls.blocked_domains, ["evil.example"]);
 }
+
+#[test]
+fn protection_keys_refuse_what_would_disable_or_break_them() {
+    let check = |edit: &dyn Fn(&mut Config)| {
+        let mut config = Config::default();
+        edit(&mut config);
+        invalid_key(config.validate())
+    };
+    for (bad, key) in [
+        ("10.0.0.0/33", "server.trusted_proxies"),
+        ("proxy.internal", "server.trusted_proxies"),
+        ("", "server.trusted_proxies"),
+    ] {
+        assert_eq!(
+            check(&|c| c.server.trusted_proxies = vec![bad.into()]),
+            key,
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        check(&|c| c.rate_limit.health_per_minute = 0),
+        "rate_limit.health_per_minute"
+    );
+    assert_eq!(
+        check(&|c| c.rate_limit.ws_flood_close = 0),
+        "rate_limit.ws_flood_close"
+    );
+    assert_eq!(
+        check(&|c| c.rate_limit.max_keys = 10),
+        "rate_limit.max_keys"
+    );
+    assert_eq!(
+        check(&|c| c.limits.max_connections = 0),
+        "limits.max_connections"
+    );
+    assert_eq!(
+        check(&|c| c.limits.max_connections_per_ip = c.limits.max_connections + 1),
+        "limits.max_connections_per_ip"
+    );
+    assert_eq!(
+        check(&|c| c.server.header_timeout = "0s".parse().unwrap()),
+        "server.header_timeout"
+    );
+    let mut config = Config::default();
+    config.server.trusted_proxies = vec!["10.1.2.3/8".into(), " 192.0.2.7 ".into(), "::1".into()];
+    let parsed: Vec<String> = config
+        .trusted_proxies()
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(parsed, ["10.0.0.0/8", "192.0.2.7/32", "::1/128"]);
+}
+
+#[test]
+fn rate_limit_enabled_reads_a_boolean_and_refuses_anything_else() {
+    for (value, enabled) in [
+        ("false", false),
+        ("0", false),
+        ("TRUE", true),
+        (" on ", true),
+    ] {
+        let mut config = Config::default();
+        config
+            .apply_env(env(&[("RATE_LIMIT_ENABLED", value)]))
+            .unwrap();
+        assert_eq!(config.rate_limit.enabled, enabled, "{value:?}");
+    }
+    let mut config = Config::default();
+    let refused = config.apply_env(env(&[("RATE_LIMIT_ENABLED", "maybe")]));
+    assert_eq!(invalid_key(refused), "rate_limit.enabled");
+    assert!(config.rate_limit.enabled, "a refused value changes nothing");
+}

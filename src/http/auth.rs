@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use warp::{Filter, Rejection, Reply, http::StatusCode, reply::Response};
 
 use super::{
-    error::{ApiError, DatabaseTrouble, ErrorBody, ForeignOrigin, UnreadableBody, respond},
+    error::{ApiError, DatabaseTrouble, ErrorBody, FrontRefusals, UnreadableBody, respond},
     extract::{json_body, parse_json},
     json, with_app,
 };
@@ -109,7 +109,7 @@ fn session_response(app: &App, session: Session) -> Response {
 #[utoipa::path(post, path = "/auth/login", tag = "auth", operation_id = "login",
     request_body = LoginRequest,
     responses(
-        UnreadableBody, DatabaseTrouble, ForeignOrigin,
+        UnreadableBody, DatabaseTrouble, FrontRefusals,
         (status = 200, description = "Signed in; the user is created on first sign-in", body = SessionResponse),
         (status = 401, description = "`invalid_token`: the ID token's signature, audience, issuer or times are wrong", body = ErrorBody),
         (status = 404, description = "`not_found`: Google sign-in is not configured on this server", body = ErrorBody),
@@ -126,7 +126,7 @@ async fn login(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
                    (`auth.dev_login`, or no Google client ids and a loopback `server.listen`).",
     request_body = DevLoginRequest,
     responses(
-        UnreadableBody, DatabaseTrouble, ForeignOrigin,
+        UnreadableBody, DatabaseTrouble, FrontRefusals,
         (status = 200, description = "Signed in as that name; the user is created on first sign-in", body = SessionResponse),
         (status = 404, description = "`not_found`: dev login is off on this server", body = ErrorBody),
         (status = 422, description = "`invalid_field`: the name breaks its rules, or the body has a missing, mistyped or unknown field", body = ErrorBody)))]
@@ -160,7 +160,7 @@ async fn dev_login(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
 #[utoipa::path(post, path = "/auth/refresh", tag = "auth", operation_id = "refresh",
     request_body = RefreshRequest,
     responses(
-        UnreadableBody, DatabaseTrouble, ForeignOrigin,
+        UnreadableBody, DatabaseTrouble, FrontRefusals,
         (status = 200, description = "A new pair; the presented refresh token is spent", body = SessionResponse),
         (status = 401, description = "`invalid_token` (unknown), `token_expired`, or `token_reused`: already spent, \
                                       which revokes every session of that sign-in", body = ErrorBody),
@@ -174,7 +174,7 @@ async fn refresh(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
 #[utoipa::path(post, path = "/auth/logout", tag = "auth", operation_id = "logout",
     request_body = RefreshRequest,
     responses(
-        UnreadableBody, DatabaseTrouble, ForeignOrigin,
+        UnreadableBody, DatabaseTrouble, FrontRefusals,
         (status = 204, description = "The refresh token is revoked (an unknown one changes nothing)"),
         (status = 422, description = "`invalid_field`: `refresh_token` is missing, not a string, or next to an unknown field", body = ErrorBody)))]
 async fn logout(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {

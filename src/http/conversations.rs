@@ -6,7 +6,7 @@ use warp::{Filter, Rejection, http::StatusCode, reply::Response};
 
 use super::{
     error::{
-        ApiError, DatabaseTrouble, ErrorBody, ForeignOrigin, SignInRequired, UnreadableBody,
+        ApiError, DatabaseTrouble, ErrorBody, FrontRefusals, SignInRequired, UnreadableBody,
         respond,
     },
     extract::{bearer, json_body, parse_json, path_id, query, query_number},
@@ -129,7 +129,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 #[utoipa::path(get, path = "/conversations", tag = "conversations", operation_id = "list_conversations",
     security(("bearer" = [])),
     responses(
-        SignInRequired, DatabaseTrouble, ForeignOrigin,
+        SignInRequired, DatabaseTrouble, FrontRefusals,
         (status = 200, description = "Every conversation, most recent first", body = [Conversation])))]
 async fn list(app: Arc<App>, token: Option<String>) -> Result<Response, ApiError> {
     let caller = app.auth.authenticate(token.as_deref()).await?;
@@ -155,7 +155,7 @@ async fn list(app: Arc<App>, token: Option<String>) -> Result<Response, ApiError
             description = "Only messages with a smaller id (the previous page's `next_before`)"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "How many at most; default 50")),
     responses(
-        SignInRequired, DatabaseTrouble, ForeignOrigin,
+        SignInRequired, DatabaseTrouble, FrontRefusals,
         (status = 200, description = "One page of history, newest first (empty for a stranger)", body = History),
         (status = 422, description = "`invalid_field`: `peer_id`, `before` or `limit` breaks its rules", body = ErrorBody)))]
 async fn history(
@@ -188,7 +188,7 @@ async fn history(
                    committed; the recipient's sockets get `new_message`, the sender's `message_sent`.",
     params(("peer_id" = i64, Path, minimum = 1, description = "The recipient")),
     responses(
-        SignInRequired, UnreadableBody, DatabaseTrouble, ForeignOrigin,
+        SignInRequired, UnreadableBody, DatabaseTrouble, FrontRefusals,
         (status = 201, description = "Stored (committed) and sent to the recipient", body = Message),
         (status = 200, description = "A retry: this `client_id` was already stored; nothing new is stored or sent", body = Message),
         (status = 404, description = "`unknown_recipient`: no user has this id", body = ErrorBody),
@@ -226,7 +226,7 @@ async fn send(
     operation_id = "mark_seen", security(("bearer" = [])), request_body = SeenRequest,
     params(("peer_id" = i64, Path, minimum = 1, description = "The sender whose messages were read")),
     responses(
-        SignInRequired, UnreadableBody, DatabaseTrouble, ForeignOrigin,
+        SignInRequired, UnreadableBody, DatabaseTrouble, FrontRefusals,
         (status = 200, description = "Marked; the sender gets `message_seen` events", body = SeenResponse),
         (status = 422, description = "`invalid_field`: `peer_id` or `up_to` is not a whole number from 1 up, \
             or the body has a missing, mistyped or unknown field", body = ErrorBody)))]

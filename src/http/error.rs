@@ -174,18 +174,44 @@ impl IntoResponses for DatabaseTrouble {
     }
 }
 
-/// CORS refuses a browser origin before any route sees the request.
-pub struct ForeignOrigin;
+/// What `http::front` may answer for any route before (or instead of) the route itself: a browser
+/// origin CORS refuses, a rate limit (SPEC §7), and a request not complete in time.
+pub struct FrontRefusals;
 
-impl IntoResponses for ForeignOrigin {
+impl IntoResponses for FrontRefusals {
     fn responses() -> BTreeMap<String, RefOr<ApiResponse>> {
-        answers([(
-            403,
-            error_response(
-                "`forbidden_origin`: the request's `Origin` is not in `server.cors_origins` \
-                 (only when that list is set)",
+        let wait = HeaderBuilder::new()
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1)),
+            ))
+            .description(Some("Seconds to wait before trying again"))
+            .build();
+        let mut limited = error_response(
+            "`rate_limited`: too many requests from this address (or, on the chat routes, this \
+             user); see `rate_limit.*`",
+        );
+        limited
+            .headers
+            .insert("Retry-After".to_owned(), wait.into());
+        answers([
+            (
+                403,
+                error_response(
+                    "`forbidden_origin`: the request's `Origin` is not in `server.cors_origins` \
+                     (only when that list is set)",
+                ),
             ),
-        )])
+            (
+                408,
+                error_response(
+                    "`request_timeout`: the request was not complete within \
+                     `server.request_timeout`",
+                ),
+            ),
+            (429, limited),
+        ])
     }
 }
 

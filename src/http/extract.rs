@@ -100,7 +100,7 @@ pub fn bearer() -> impl Filter<Extract = (Option<String>,), Error = std::convert
         .map(|header: Option<String>| header.as_deref().and_then(bearer_token).map(str::to_owned))
 }
 
-fn bearer_token(header: &str) -> Option<&str> {
+pub(crate) fn bearer_token(header: &str) -> Option<&str> {
     let (scheme, token) = header.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

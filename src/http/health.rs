@@ -3,7 +3,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use warp::{Filter, Rejection, http::StatusCode, reply::Response};
 
-use super::{error::ForeignOrigin, json, with_app};
+use super::{error::FrontRefusals, json, with_app};
 use crate::app::App;
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -34,7 +34,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 #[utoipa::path(get, path = "/health", tag = "health", operation_id = "health",
     description = "Whether the process serves; it does not ask the database (that is `/ready`).",
     responses(
-        ForeignOrigin,
+        FrontRefusals,
         (status = 200, description = "The process serves", body = Health)))]
 fn health() -> Response {
     json(StatusCode::OK, &Health { status: "ok" })
@@ -42,7 +42,7 @@ fn health() -> Response {
 
 #[utoipa::path(get, path = "/ready", tag = "health", operation_id = "ready",
     responses(
-        ForeignOrigin,
+        FrontRefusals,
         (status = 200, description = "Every part answers", body = Readiness),
         (status = 503, description = "A part does not answer; the body names it", body = Readiness)))]
 async fn ready(app: Arc<App>) -> Response {

@@ -4,6 +4,8 @@
 
 pub(crate) mod allow;
 mod auth;
+pub(crate) mod caps;
+pub(crate) mod client_ip;
 mod conversations;
 pub mod docs;
 pub(crate) mod error;

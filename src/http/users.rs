@@ -3,7 +3,7 @@ use std::{collections::HashMap, sync::Arc};
 use warp::{Filter, Rejection, http::StatusCode, reply::Response};
 
 use super::{
-    error::{ApiError, DatabaseTrouble, ErrorBody, ForeignOrigin, SignInRequired, respond},
+    error::{ApiError, DatabaseTrouble, ErrorBody, FrontRefusals, SignInRequired, respond},
     extract::{bearer, path_id, query, query_number},
     json, with_app,
 };
@@ -39,7 +39,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 #[utoipa::path(get, path = "/users/me", tag = "users", operation_id = "me",
     security(("bearer" = [])),
     responses(
-        SignInRequired, DatabaseTrouble, ForeignOrigin,
+        SignInRequired, DatabaseTrouble, FrontRefusals,
         (status = 200, description = "The caller, with their Google id", body = Me)))]
 async fn me(app: Arc<App>, token: Option<String>) -> Result<Response, ApiError> {
     let caller = app.auth.authenticate(token.as_deref()).await?;
@@ -61,7 +61,7 @@ async fn me(app: Arc<App>, token: Option<String>) -> Result<Response, ApiError> 
                            Up to 100 characters, no control characters. Without it, everyone"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "How many at most; default 20")),
     responses(
-        SignInRequired, DatabaseTrouble, ForeignOrigin,
+        SignInRequired, DatabaseTrouble, FrontRefusals,
         (status = 200, description = "Matching users by name", body = [PublicUser]),
         (status = 422, description = "`invalid_field`: `q` or `limit` breaks its rules", body = ErrorBody)))]
 async fn search(
@@ -90,7 +90,7 @@ async fn search(
     security(("bearer" = [])),
     params(("id" = i64, Path, minimum = 1, description = "User id")),
     responses(
-        SignInRequired, DatabaseTrouble, ForeignOrigin,
+        SignInRequired, DatabaseTrouble, FrontRefusals,
         (status = 200, description = "The user, as anyone signed in may see them", body = PublicUser),
         (status = 404, description = "`not_found`: no user has this id", body = ErrorBody),
         (status = 422, description = "`invalid_field`: the id is not a whole number from 1 up", body = ErrorBody)))]

@@ -33,6 +33,7 @@ use crate::{
     chat::{ChatError, FromSocket, SendTurn, ServerEvent},
     domain::{Message, MessageId, UserId},
     hub::{Arrival, CloseCode, ConnectionHandle, Outbound},
+    rate::{FloodWatch, Key, Limited, Scope},
 };
 
 /// A peer silent for this many ping intervals is gone.
@@ -96,6 +97,7 @@ pub async fn run(app: Arc<App>, user: UserId, arrival: Arrival, socket: WebSocke
         in_flight: FuturesOrdered::new(),
         delivers: Vec::new(),
         last_turn: None,
+        flood: FloodWatch::default(),
     };
     // A close request (queue overflow, shutdown) ends the socket even while a write to a client that
     // stopped reading is pending: the whole loop races the request, not each await inside it.
@@ -162,6 +164,8 @@ struct Socket {
     delivers: Vec<MessageId>,
     /// Resolves once the last message this socket sent is queued for commit (see `SendTurn`).
     last_turn: Option<oneshot::Receiver<()>>,
+    /// Frames refused lately: a socket that goes on sending regardless is closed with 1008.
+    flood: FloodWatch,
 }
 
 impl Socket {
@@ -394,21 +398,53 @@ impl Socket {
                 client_id: None,
             })
             .await;
-            return None;
+            return self.flooding();
         };
         match protocol::parse(&text) {
             Ok(event) => self.on_event(event).await,
-            Err(error) => self.refuse(error).await,
+            Err(error) => {
+                self.refuse(error).await;
+                self.flooding()
+            }
         }
-        None
     }
 
-    async fn on_event(&mut self, event: ClientEvent) {
+    /// Counts a refused frame; answers 1008 once the socket has gone on past
+    /// `rate_limit.ws_flood_close` refusals in ten seconds.
+    fn flooding(&mut self) -> Option<CloseCode> {
+        let rules = self.app.live.rules();
+        let limit = rules.rate.config();
+        let flooding = limit.enabled && self.flood.refused(limit.ws_flood_close, Instant::now());
+        if flooding {
+            tracing::info!(
+                user = self.user,
+                connection = self.connection,
+                "closing a socket that kept sending refused frames"
+            );
+        }
+        flooding.then_some(CloseCode::PolicyViolation)
+    }
+
+    /// Counts one frame of `scope` against the user's limit.
+    fn limit(&self, scope: Scope) -> Result<(), Limited> {
+        self.app
+            .live
+            .rules()
+            .rate
+            .check(scope, Key::User(self.user))
+    }
+
+    /// Handles one well-formed event; answers a close code when the connection must end.
+    async fn on_event(&mut self, event: ClientEvent) -> Option<CloseCode> {
         match event {
             ClientEvent::Ping => {
                 let _ = self.write(&ServerEvent::Pong.to_frame()).await;
             }
             ClientEvent::Typing { to } => {
+                if let Err(limited) = self.limit(Scope::Typing) {
+                    let _ = self.write(&rate_limited_frame(limited, None)).await;
+                    return self.flooding();
+                }
                 if let Err(error) = self.app.chat.typing(self.user, to) {
                     let _ = self.write(&error_frame(&error, None)).await;
                 }
@@ -425,6 +461,13 @@ impl Socket {
                 message,
                 client_id,
             } => {
+                if let Err(limited) = self.limit(Scope::WsMessages) {
+                    // Queued behind the answers still owed, so the client hears them in send order.
+                    let refusal = rate_limited_frame(limited, client_id.as_deref());
+                    self.in_flight
+                        .push_back(Box::pin(std::future::ready(Some(refusal))));
+                    return self.flooding();
+                }
                 let (app, user, connection) = (Arc::clone(&self.app), self.user, self.connection);
                 let socket = FromSocket {
                     connection,
@@ -446,6 +489,7 @@ impl Socket {
                 }));
             }
         }
+        None
     }
 
     async fn refuse(&mut self, error: FrameError) {
@@ -456,6 +500,16 @@ impl Socket {
 
 fn error_frame(error: &ChatError, client_id: Option<&str>) -> Arc<str> {
     error_event(error.code(), &error.to_string(), client_id)
+}
+
+fn rate_limited_frame(limited: Limited, client_id: Option<&str>) -> Arc<str> {
+    ServerEvent::Error {
+        code: "rate_limited",
+        detail: "too many frames; wait before sending again",
+        client_id,
+        retry_after_ms: Some(limited.retry_after_ms().max(1)),
+    }
+    .to_frame()
 }
 
 fn error_event(code: &str, detail: &str, client_id: Option<&str>) -> Arc<str> {

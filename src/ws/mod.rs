@@ -28,6 +28,7 @@ use warp::{
 use crate::{
     app::App,
     http::{
+        caps::ConnectionSlot,
         error::ApiError,
         extract::{self, bearer},
         front::Peer,
@@ -56,18 +57,29 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         .and(warp::get())
         .and(arrival())
         .and(warp::header::headers_cloned())
-        .and(warp::ext::optional::<OnUpgrade>())
+        .and(pending_upgrade())
         .and(bearer())
         .and(extract::query())
         .and(warp::any().map(move || Arc::clone(&app)))
         .then(upgrade)
 }
 
+/// The connection to take over once the handshake is answered, and the place it holds among
+/// `limits.max_connections*`.
+fn pending_upgrade() -> impl Filter<
+    Extract = ((Option<OnUpgrade>, Option<ConnectionSlot>),),
+    Error = std::convert::Infallible,
+> + Clone {
+    warp::ext::optional::<OnUpgrade>()
+        .and(warp::ext::optional::<ConnectionSlot>())
+        .map(|on_upgrade, slot| (on_upgrade, slot))
+}
+
 /// Where the socket comes from: the peer's address and the path without its query.
 fn arrival() -> impl Filter<Extract = (Arrival,), Error = std::convert::Infallible> + Clone {
     warp::path::full().and(warp::ext::optional::<Peer>()).map(
         |path: FullPath, peer: Option<Peer>| Arrival {
-            remote: peer.map(|Peer(addr)| addr),
+            remote: peer.map(|peer| peer.socket),
             path: path.as_str().to_owned(),
         },
     )
@@ -81,9 +93,12 @@ fn arrival() -> impl Filter<Extract = (Arrival,), Error = std::convert::Infallib
                    `user_connected {user_id}`, `user_disconnected {user_id, last_seen_at}`, \
                    `message_sent {message}` (after commit), `new_message {message}`, \
                    `message_delivered {message_id, delivered_at}`, `message_seen {message_id, seen_at}`, \
-                   `typing {from}`, `pong`, `error {code, detail, client_id?}`. Close codes: 1001 \
-                   shutdown, 1002 protocol error, 1007 text that is not UTF-8, 1008 refused frames \
-                   sent regardless, 1009 frame too large, 1011 backlog unreadable, 1013 too slow \
+                   `typing {from}`, `pong`, `error {code, detail, client_id?, retry_after_ms?}`. \
+                   `message` and `typing` frames are rate limited per user \
+                   (`rate_limit.ws_messages_*`, `rate_limit.typing_per_second`): a refused one is \
+                   answered `error` `rate_limited` with `retry_after_ms`, and the socket stays open. Close codes: 1001 \
+                   shutdown, 1002 protocol error, 1007 text that is not UTF-8, 1008 more than \
+                   `rate_limit.ws_flood_close` refused frames in 10 s, 1009 frame too large, 1011 backlog unreadable, 1013 too slow \
                    (reconnect to get what was missed).",
     security(("bearer" = []), ("access_token" = [])),
     params(
@@ -99,6 +114,7 @@ fn arrival() -> impl Filter<Extract = (Arrival,), Error = std::convert::Infallib
             description = "The client's nonce (RFC 6455: 16 random bytes in base64); the answer's \
                            `Sec-WebSocket-Accept` is derived from it")),
     responses(
+        crate::http::error::FrontRefusals,
         crate::http::error::SignInRequired, crate::http::error::DatabaseTrouble,
         (status = 101, description = "Switching protocols: the connection is a WebSocket from here on",
             headers(("Sec-WebSocket-Accept" = String, description = "Derived from `Sec-WebSocket-Key`"))),
@@ -106,13 +122,15 @@ fn arrival() -> impl Filter<Extract = (Arrival,), Error = std::convert::Infallib
         (status = 403, description = "`forbidden`: `user_id` is not the token's user (`/ws/chat/{user_id}` \
             only); `forbidden_origin`: \
             the `Origin` is not in `server.cors_origins` (when that list is set)", body = crate::http::error::ErrorBody),
-        (status = 429, description = "`too_many_connections`: the user holds `limits.max_connections_per_user` \
+        (status = 429, description = "`rate_limited` (with `Retry-After`): more than \
+            `rate_limit.ws_upgrades_per_minute` upgrades from this address; \
+            `too_many_connections`: the user holds `limits.max_connections_per_user` \
             sockets (default 5) already", body = crate::http::error::ErrorBody)))]
 async fn upgrade(
     path_user: Option<String>,
     arrival: Arrival,
     headers: HeaderMap,
-    on_upgrade: Option<OnUpgrade>,
+    (on_upgrade, slot): (Option<OnUpgrade>, Option<ConnectionSlot>),
     header_token: Option<String>,
     query: HashMap<String, String>,
     app: Arc<App>,
@@ -136,6 +154,8 @@ async fn upgrade(
         .max_message_size(Some(max));
     let sockets = app.sockets.clone();
     tokio::spawn(sockets.track_future(async move {
+        // The TCP connection stays counted against `limits.max_connections*` while the socket lives.
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let socket = WebSocketStream::from_raw_socket(

@@ -12,6 +12,7 @@ mod content;
 mod daemon;
 mod docs;
 mod faults;
+mod limits;
 mod load;
 mod man;
 mod messages;

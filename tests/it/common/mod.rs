@@ -78,6 +78,9 @@ impl TestApp {
         config.database.url = db.url.clone();
         config.server.listen = "127.0.0.1:0".into();
         config.server.shutdown_grace = "5s".parse().unwrap();
+        // Every test signs in and calls from 127.0.0.1 faster than a person would; the rate limits
+        // have tests of their own (`limits`), which turn them on.
+        config.rate_limit.enabled = false;
         adjust(&mut config);
         config.validate().expect("the test config is valid");
         let server = start(config.clone()).await;
