@@ -23,10 +23,10 @@ pub use writer::WriteError;
 use crate::{
     config::Config,
     domain::{
-        MAX_CLIENT_ID_CHARS, Message, MessageId, NewMessage, Stored, UserId,
+        MAX_CLIENT_ID_CHARS, Message, MessageId, NewMessage, SessionId, Stored, UserId,
         content::ContentRejection, now,
     },
-    hub::{ConnectionHandle, ConnectionId, Hub, TooManyConnections},
+    hub::{ConnectionHandle, ConnectionId, Hub, Refusal, Slot},
     live::Live,
     store::{KnownUsers, SeenReceipt, Store, StoreError},
 };
@@ -373,11 +373,19 @@ impl Chat {
         Ok(())
     }
 
-    /// Registers a new socket; the user's peers hear of them if it is their first. The socket stays
-    /// registered until the answer is dropped.
-    pub fn connect(&self, handle: ConnectionHandle) -> Result<Registration, TooManyConnections> {
+    /// Holds a place in the hub for a socket of `user` in `session`, before its upgrade is
+    /// answered: refused when the user holds `limits.max_connections_per_user` places already, or
+    /// the session has ended.
+    pub fn reserve(&self, user: UserId, session: &SessionId) -> Result<Slot, Refusal> {
+        self.hub.reserve(user, session)
+    }
+
+    /// Registers the socket `handle` in the place `slot` held for it; the user's peers hear of them
+    /// if it is their first. The socket stays registered until the answer is dropped. Refused when
+    /// the session ended while the socket was being upgraded.
+    pub fn connect(&self, slot: Slot, handle: ConnectionHandle) -> Result<Registration, Refusal> {
         let (user, connection) = (handle.user_id, handle.id);
-        if self.hub.register(handle)? {
+        if slot.register(handle)? {
             self.presence.changed(user);
         }
         Ok(Registration {

@@ -32,7 +32,7 @@ use crate::{
     app::App,
     chat::{ChatError, FromSocket, SendTurn, ServerEvent},
     domain::{Message, MessageId, UserId},
-    hub::{Arrival, CloseCode, ConnectionHandle, Outbound},
+    hub::{Arrival, CloseCode, ConnectionHandle, Outbound, Slot},
 };
 
 /// A peer silent for this many ping intervals is gone.
@@ -66,19 +66,24 @@ enum Ending {
     WriteFailed,
 }
 
-pub async fn run(app: Arc<App>, user: UserId, arrival: Arrival, socket: WebSocket) {
-    let (handle, mut queue) =
-        ConnectionHandle::new(user, app.config.limits.outbound_queue, arrival);
+pub async fn run(app: Arc<App>, slot: Slot, arrival: Arrival, socket: WebSocket) {
+    let user = slot.user();
+    let (handle, mut queue) = ConnectionHandle::new(
+        user,
+        slot.session().clone(),
+        app.config.limits.outbound_queue,
+        arrival,
+    );
     let control = Arc::clone(&handle.control);
     let connection = handle.id;
     let (mut sink, mut stream) = socket.split();
-    let Ok(registration) = app.chat.connect(handle) else {
-        let _ = close(
-            &mut sink,
-            CloseCode::PolicyViolation,
-            "too many connections",
-        )
-        .await;
+    // The slot already holds the socket's place under the per-user cap; the only refusal left is a
+    // session that ended while the upgrade was under way.
+    let Ok(registration) = app.chat.connect(slot, handle) else {
+        let code = CloseCode::SessionEnded;
+        if close(&mut sink, code, code.reason()).await.is_ok() {
+            await_client_close(&mut stream).await;
+        }
         return;
     };
     // Shutdown cancels first and closes the registered sockets second: a socket registered after
@@ -123,7 +128,7 @@ pub async fn run(app: Arc<App>, user: UserId, arrival: Arrival, socket: WebSocke
 
 async fn close(sink: &mut Sink, code: CloseCode, reason: &'static str) -> Result<(), ()> {
     let frame = WsMessage::Close(Some(CloseFrame {
-        code: WireCloseCode::from(code as u16),
+        code: WireCloseCode::from(code.wire()),
         reason: reason.into(),
     }));
     match tokio::time::timeout(CLOSE_TIMEOUT, sink.send(frame)).await {

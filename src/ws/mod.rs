@@ -27,12 +27,13 @@ use warp::{
 
 use crate::{
     app::App,
+    auth::AuthError,
     http::{
         error::ApiError,
         extract::{self, bearer},
         front::Peer,
     },
-    hub::Arrival,
+    hub::{Arrival, Refusal, Slot},
 };
 
 /// The server side of one upgraded connection.
@@ -81,10 +82,14 @@ fn arrival() -> impl Filter<Extract = (Arrival,), Error = std::convert::Infallib
                    `user_connected {user_id}`, `user_disconnected {user_id, last_seen_at}`, \
                    `message_sent {message}` (after commit), `new_message {message}`, \
                    `message_delivered {message_id, delivered_at}`, `message_seen {message_id, seen_at}`, \
-                   `typing {from}`, `pong`, `error {code, detail, client_id?}`. Close codes: 1001 \
+                   `typing {from}`, `pong`, `error {code, detail, client_id?}`. A socket belongs \
+                   to the session (sign-in) whose access token opened it. Close codes: 1001 \
                    shutdown, 1002 protocol error, 1007 text that is not UTF-8, 1008 refused frames \
                    sent regardless, 1009 frame too large, 1011 backlog unreadable, 1013 too slow \
-                   (reconnect to get what was missed).",
+                   (reconnect to get what was missed), 4001 \
+                   closed by an operator (`teachlyd admin kick`) or the session ended (logout, a \
+                   refresh token presented twice, `admin kick --revoke`; the user's other sessions \
+                   keep their sockets): sign in again rather than reconnect with the same token.",
     security(("bearer" = []), ("access_token" = [])),
     params(
         ("user_id" = i64, Path, minimum = 1, description = "The caller's own id"),
@@ -107,7 +112,8 @@ fn arrival() -> impl Filter<Extract = (Arrival,), Error = std::convert::Infallib
             only); `forbidden_origin`: \
             the `Origin` is not in `server.cors_origins` (when that list is set)", body = crate::http::error::ErrorBody),
         (status = 429, description = "`too_many_connections`: the user holds `limits.max_connections_per_user` \
-            sockets (default 5) already", body = crate::http::error::ErrorBody)))]
+            sockets (default 5) already, counting upgrades under way: of several upgrades at once, \
+            those beyond the limit get this answer, never a 101 that is closed afterwards", body = crate::http::error::ErrorBody)))]
 async fn upgrade(
     path_user: Option<String>,
     arrival: Arrival,
@@ -124,8 +130,8 @@ async fn upgrade(
     let token = header_token
         .as_deref()
         .or(query.get("access_token").map(String::as_str));
-    let user = match check(&app, path_user, token).await {
-        Ok(user) => user,
+    let slot = match check(&app, path_user, token).await {
+        Ok(slot) => slot,
         Err(error) => return error.into_response(),
     };
     let max = app.config.limits.max_frame_bytes + WIRE_SLACK;
@@ -135,6 +141,7 @@ async fn upgrade(
         .max_frame_size(Some(max))
         .max_message_size(Some(max));
     let sockets = app.sockets.clone();
+    // The slot goes with the task: an upgrade that never completes drops it, which frees the place.
     tokio::spawn(sockets.track_future(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -144,7 +151,7 @@ async fn upgrade(
                     Some(config),
                 )
                 .await;
-                connection::run(app, user, arrival, socket).await;
+                connection::run(app, slot, arrival, socket).await;
             }
             Err(error) => tracing::debug!(%error, "the WebSocket upgrade did not complete"),
         }
@@ -196,12 +203,18 @@ fn handshake(
     Ok((accept, on_upgrade))
 }
 
-/// The checks made before the upgrade: a valid token, the path's user is the token's, and room for
-/// one more connection. (The origin was checked in `http::front`, as for every request.)
-async fn check(app: &App, path_user: Option<String>, token: Option<&str>) -> Result<i64, ApiError> {
-    let user = app.auth.authenticate(token).await?;
+/// The checks made before the upgrade: a valid token of a live session, the path's user is the
+/// token's, and room for one more connection, which is taken here (the slot) so that upgrades racing
+/// for the last places cannot all pass: the losers get 429 before any 101. (The origin was checked
+/// in `http::front`, as for every request.)
+async fn check(
+    app: &App,
+    path_user: Option<String>,
+    token: Option<&str>,
+) -> Result<Slot, ApiError> {
+    let caller = app.auth.authenticate(token).await?;
     if let Some(path_user) = path_user
-        && path_user.parse::<i64>().ok() != Some(user)
+        && path_user.parse::<i64>().ok() != Some(caller.user)
     {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -209,13 +222,15 @@ async fn check(app: &App, path_user: Option<String>, token: Option<&str>) -> Res
             "this socket belongs to another user: the path's user id must be your own",
         ));
     }
-    let limit = app.config.limits.max_connections_per_user;
-    if app.hub.connections_of(user) >= limit {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_connections",
-            format!("you already have {limit} open sockets; close one first"),
-        ));
-    }
-    Ok(user)
+    app.chat
+        .reserve(caller.user, &caller.session)
+        .map_err(|refusal| match refusal {
+            Refusal::TooManyConnections { limit } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                format!("you already have {limit} open sockets; close one first"),
+            ),
+            // Ended between the database's answer and now (see `Hub::close_session`).
+            Refusal::SessionEnded => AuthError::SessionEnded.into(),
+        })
 }

@@ -18,6 +18,7 @@ mod messages;
 mod openapi;
 mod packaging;
 mod rest;
+mod sessions;
 mod socket;
 mod store;
 mod systemd;
