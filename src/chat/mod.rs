@@ -3,6 +3,7 @@
 //! sockets only through the hub.
 
 pub mod events;
+mod peers;
 mod presence;
 mod writer;
 
@@ -30,6 +31,7 @@ use crate::{
     live::Live,
     store::{KnownUsers, SeenReceipt, Store, StoreError},
 };
+use peers::Peers;
 use presence::Presence;
 use writer::GroupCommit;
 
@@ -74,6 +76,8 @@ pub struct Chat {
     store: Store,
     hub: Arc<Hub>,
     users: Arc<KnownUsers>,
+    /// Who shares a conversation with whom: whom `typing` may reach.
+    peers: Peers,
     commits: GroupCommit,
     presence: Presence,
     live: Arc<Live>,
@@ -167,6 +171,7 @@ impl Chat {
         );
         tasks.spawn(forget_idle_senders(Arc::clone(&live), shutdown));
         Ok(Self {
+            peers: Peers::new(store.clone()),
             store,
             hub,
             users,
@@ -227,8 +232,11 @@ impl Chat {
             },
             outcome => outcome,
         };
-        if let Ok(Stored { created: true, .. }) = &outcome {
-            self.stored.fetch_add(1, Ordering::Relaxed);
+        if let Ok(stored) = &outcome {
+            self.peers.record(from, to);
+            if stored.created {
+                self.stored.fetch_add(1, Ordering::Relaxed);
+            }
         }
         outcome
     }
@@ -363,13 +371,30 @@ impl Chat {
         }
     }
 
-    /// Forwards a typing notice; never stored.
-    pub fn typing(&self, from: UserId, to: UserId) -> Result<(), ChatError> {
+    /// Forwards a typing notice to `to` when they share a conversation with `from`; never stored.
+    /// A notice to anyone else (a stranger, an id nobody has) is dropped without an answer, as is
+    /// one whose check the database could not answer in time: the sender hears the same silence
+    /// whether the target exists, is online or shares nothing, so typing tells a client probing
+    /// ids nothing, and a typing indicator is worth no error frame.
+    pub async fn typing(&self, from: UserId, to: UserId) -> Result<(), ChatError> {
         if from == to {
             return Err(ChatError::InvalidRecipient);
         }
-        self.hub
-            .send_to_user(to, &ServerEvent::Typing { from }.to_outbound());
+        // Nobody to tell: no need to ask who they are.
+        if !self.hub.reaches(to, None) {
+            return Ok(());
+        }
+        let shared = self
+            .bounded(async { Ok(self.peers.share_conversation(from, to).await?) })
+            .await;
+        match shared {
+            Ok(true) => {
+                self.hub
+                    .send_to_user(to, &ServerEvent::Typing { from }.to_outbound());
+            }
+            Ok(false) => {}
+            Err(error) => tracing::debug!(%error, from, "a typing notice was dropped"),
+        }
         Ok(())
     }
 

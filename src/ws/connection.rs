@@ -3,8 +3,8 @@
 //!
 //! The socket never stops reading because of the database: a message or receipt it was sent is
 //! handed on as a future of its own (up to `MAX_IN_FLIGHT` of them, answered in the order they were
-//! sent), and the backlog is read page by page alongside. Pings, typing and pongs are answered at
-//! once, whatever the database does.
+//! sent), and the backlog is read page by page alongside. Pings and pongs are answered at once,
+//! whatever the database does; a typing notice waits only for the check of whom it may reach.
 
 use std::{
     collections::HashSet,
@@ -414,9 +414,13 @@ impl Socket {
                 let _ = self.write(&ServerEvent::Pong.to_frame()).await;
             }
             ClientEvent::Typing { to } => {
-                if let Err(error) = self.app.chat.typing(self.user, to) {
-                    let _ = self.write(&error_frame(&error, None)).await;
-                }
+                // Whether `to` may hear it can take a query (see `Chat::typing`): the socket goes
+                // on reading meanwhile. A notice to a peer already known goes out when first polled.
+                let (app, user) = (Arc::clone(&self.app), self.user);
+                self.in_flight.push_back(Box::pin(async move {
+                    let typed = app.chat.typing(user, to).await;
+                    typed.err().map(|error| error_frame(&error, None))
+                }));
             }
             ClientEvent::MessageSeen { message_id } => {
                 let (app, user, connection) = (Arc::clone(&self.app), self.user, self.connection);

@@ -82,11 +82,13 @@ fn arrival() -> impl Filter<Extract = (Arrival,), Error = std::convert::Infallib
                    `user_connected {user_id}`, `user_disconnected {user_id, last_seen_at}`, \
                    `message_sent {message}` (after commit), `new_message {message}`, \
                    `message_delivered {message_id, delivered_at}`, `message_seen {message_id, seen_at}`, \
-                   `typing {from}`, `pong`, `error {code, detail, client_id?}`. A socket belongs \
-                   to the session (sign-in) whose access token opened it. Close codes: 1001 \
-                   shutdown, 1002 protocol error, 1007 text that is not UTF-8, 1008 refused frames \
-                   sent regardless, 1009 frame too large, 1011 backlog unreadable, 1013 too slow \
-                   (reconnect to get what was missed), 4001 \
+                   `typing {from}`, `pong`, `error {code, detail, client_id?}`. `typing` reaches \
+                   only a user who shares a conversation (a message either way) with the sender; \
+                   one to anyone else is dropped without an answer, so it tells nothing about \
+                   who exists or is online. A socket belongs to the session (sign-in) whose access \
+                   token opened it. Close codes: 1001 shutdown, 1002 protocol error, 1007 text \
+                   that is not UTF-8, 1008 refused frames sent regardless, 1009 frame too large, \
+                   1011 backlog unreadable, 1013 too slow (reconnect to get what was missed), 4001 \
                    closed by an operator (`teachlyd admin kick`) or the session ended (logout, a \
                    refresh token presented twice, `admin kick --revoke`; the user's other sessions \
                    keep their sockets): sign in again rather than reconnect with the same token.",

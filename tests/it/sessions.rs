@@ -1,7 +1,8 @@
 //! A socket belongs to the session that signed it in (SPEC §5): ending the session (logout, a
 //! detected refresh-token reuse, `admin kick --revoke`) closes its sockets with 4001 and no other
 //! session's, and its access tokens open nothing afterwards, even an upgrade already under way. The
-//! per-user cap refuses with 429 before the upgrade however many upgrades race.
+//! per-user cap refuses with 429 before the upgrade however many upgrades race, and `typing`
+//! reaches only someone who shares a conversation with the sender.
 
 use std::time::Duration;
 
@@ -279,6 +280,38 @@ on_both_backends! {
             }
         })
         .await;
+        app.stop().await;
+    }
+
+    async fn typing_reaches_only_someone_who_shares_a_conversation(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let alice = app.dev_login("alice").await;
+        let bob = app.dev_login("bob").await;
+        let carol = app.dev_login("carol").await;
+        assert_eq!(app.send(&alice, bob.id, "we share a conversation").await.0, 201);
+        let mut alice_ws = open(&app, &alice).await;
+        let mut bob_ws = app.connect(&bob).await;
+        bob_ws.until("new_message").await;
+        let mut carol_ws = open(&app, &carol).await;
+        alice_ws.until("message_delivered").await;
+
+        // To a stranger and to nobody: silence for everyone, the sender included.
+        alice_ws.send_json(&json!({"event": "typing", "to": carol.id})).await;
+        alice_ws.send_json(&json!({"event": "typing", "to": 987_654})).await;
+        alice_ws.send_json(&json!({"event": "typing", "to": bob.id})).await;
+        assert_eq!(bob_ws.expect("typing").await, json!({"event": "typing", "from": alice.id}));
+        carol_ws.expect_silence(Duration::from_millis(300)).await;
+        alice_ws.expect_silence(Duration::from_millis(300)).await;
+        carol_ws.send_json(&json!({"event": "typing", "to": alice.id})).await;
+        alice_ws.expect_silence(Duration::from_millis(300)).await;
+        carol_ws.expect_silence(Duration::from_millis(100)).await;
+
+        // A first message makes them peers at once.
+        carol_ws.send_json(&json!({"event": "message", "to": alice.id, "message": "hi alice"})).await;
+        carol_ws.expect("message_sent").await;
+        assert_eq!(alice_ws.expect("new_message").await["message"]["content"], "hi alice");
+        carol_ws.send_json(&json!({"event": "typing", "to": alice.id})).await;
+        assert_eq!(alice_ws.expect("typing").await, json!({"event": "typing", "from": carol.id}));
         app.stop().await;
     }
 }

@@ -85,6 +85,19 @@ on_both_backends! {
         store.close().await;
     }
 
+    async fn a_conversation_is_shared_either_way(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        let store = open(&db).await;
+        let (alice, bob, carol) = (user(&store, "alice").await, user(&store, "bob").await, user(&store, "carol").await);
+        assert!(!store.share_conversation(alice, bob).await.unwrap());
+        store.insert_messages(&[message(bob, alice, "hi", None)]).await.unwrap();
+        assert!(store.share_conversation(alice, bob).await.unwrap());
+        assert!(store.share_conversation(bob, alice).await.unwrap());
+        assert!(!store.share_conversation(alice, carol).await.unwrap());
+        assert!(!store.share_conversation(bob, carol).await.unwrap());
+        store.close().await;
+    }
+
     async fn a_repeated_client_id_is_an_outcome_not_an_error(backend: Backend) {
         let db = TestDb::create(backend).await;
         let store = open(&db).await;
