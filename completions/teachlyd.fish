@@ -53,7 +53,7 @@ complete -c teachlyd -n "__fish_teachlyd_using_subcommand admin; and __fish_seen
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand admin; and __fish_seen_subcommand_from stats" -s h -l help -d 'Print help'
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand admin; and __fish_seen_subcommand_from kick" -s c -l config -d 'The TOML config file (default: $TEACHLYD_CONFIG, else /etc/teachlyd/config.toml if it exists, else built-in defaults)' -r -F
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand admin; and __fish_seen_subcommand_from kick" -l socket -d 'The daemon\'s admin socket (default: admin.socket of the configuration)' -r -F
-complete -c teachlyd -n "__fish_teachlyd_using_subcommand admin; and __fish_seen_subcommand_from kick" -l revoke -d 'Also revoke the user\'s refresh tokens: they must sign in again once their access token expires'
+complete -c teachlyd -n "__fish_teachlyd_using_subcommand admin; and __fish_seen_subcommand_from kick" -l revoke -d 'Also end every session of the user: their refresh and access tokens stop working at once, so they must sign in again'
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand admin; and __fish_seen_subcommand_from kick" -l json -d 'Print JSON for scripts instead of a table for people'
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand admin; and __fish_seen_subcommand_from kick" -s h -l help -d 'Print help'
 complete -c teachlyd -n "__fish_teachlyd_using_subcommand admin; and __fish_seen_subcommand_from help" -f -a "connections" -d 'List this instance\'s live WebSocket connections'

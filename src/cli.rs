@@ -96,7 +96,7 @@ pub struct KickArgs {
     /// The user whose sockets to close
     #[arg(value_name = "USER_ID", value_parser = clap::value_parser!(i64).range(1..))]
     pub user_id: i64,
-    /// Also revoke the user's refresh tokens: they must sign in again once their access token expires
+    /// Also end every session of the user: their refresh and access tokens stop working at once, so they must sign in again
     #[arg(long)]
     pub revoke: bool,
     #[command(flatten)]

@@ -95,11 +95,14 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<RunningServer
         .set_tcp_nodelay(true)
         .map_err(StartError::Listener)?;
     let store = open_migrated(&config).await?;
-    let auth = Auth::new(&config, store.clone())?;
+    let hub = Arc::new(Hub::new(
+        config.limits.max_connections_per_user,
+        config.auth.access_token_ttl.0,
+    ));
+    let auth = Auth::new(&config, store.clone(), Arc::clone(&hub))?;
     let users = Arc::new(KnownUsers::new(store.clone()));
     let shutdown = CancellationToken::new();
     let background = TaskTracker::new();
-    let hub = Arc::new(Hub::new(config.limits.max_connections_per_user));
     let live = Arc::new(Live::new(&config));
     let chat = Chat::start(
         &config,

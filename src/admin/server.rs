@@ -280,12 +280,12 @@ async fn kick(app: &App, user: i64, revoke: bool, peer_uid: u32) -> Result<Kicke
     if !exists {
         return Err(format!("there is no user {user}"));
     }
-    // Revoked first: a client that reconnects at once must not refresh its way back in.
+    // Revoked first: a client that reconnects at once must not refresh its way back in, and its
+    // access tokens open no socket and answer no request from now on.
     let refresh_tokens_revoked = if revoke {
-        let now = time::OffsetDateTime::now_utc();
         let revoked = app
-            .store
-            .revoke_user_refresh_tokens(user, now)
+            .auth
+            .end_sessions_of(user)
             .await
             .map_err(|error| format!("cannot revoke the refresh tokens: {error}"))?;
         Some(revoked)

@@ -3,16 +3,18 @@
 pub mod google;
 pub mod session;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sqlx::types::time::OffsetDateTime;
 
 use crate::{
     config::Config,
-    domain::{User, UserId, now},
-    store::{Identity, Rotation, Store, StoreError, tokens::NewRefreshToken},
+    domain::{SessionId, User, UserId, now},
+    hub::{CloseCode, Hub},
+    store::{Identity, Rotation, SessionState, Store, StoreError, tokens::NewRefreshToken},
 };
 use google::{GoogleAuthError, GoogleVerifier, GoogleVerifierConfig};
+pub use session::Caller;
 use session::{
     AccessTokenError, SessionKeys, hash_refresh_token, new_family_id, new_refresh_token,
 };
@@ -48,6 +50,8 @@ pub enum AuthError {
     RefreshReused,
     #[error("the user of this token no longer exists")]
     UnknownUser,
+    #[error("this session has ended (signed out or revoked); sign in again")]
+    SessionEnded,
     #[error("the server could not complete this; try again")]
     Store(#[from] StoreError),
 }
@@ -64,7 +68,7 @@ impl AuthError {
             AuthError::UnknownRefreshToken => "invalid_token",
             AuthError::RefreshExpired => "token_expired",
             AuthError::RefreshReused => "token_reused",
-            AuthError::UnknownUser => "invalid_token",
+            AuthError::UnknownUser | AuthError::SessionEnded => "invalid_token",
             AuthError::Store(_) => "internal",
         }
     }
@@ -79,8 +83,13 @@ impl From<GoogleAuthError> for AuthError {
     }
 }
 
+/// Signing in and out. Every way a session ends (logout, a detected refresh-token reuse,
+/// `admin kick --revoke`) goes through here, revokes its refresh-token family and then closes its
+/// sockets through the hub, in that order: an upgrade that reads the database after the revocation
+/// is refused there, and one that read it before is caught by the hub (`Hub::close_session`).
 pub struct Auth {
     store: Store,
+    hub: Arc<Hub>,
     keys: SessionKeys,
     /// How long a just-spent refresh token still answers a pair of its family.
     refresh_reuse_grace: Duration,
@@ -89,7 +98,11 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn new(config: &Config, store: Store) -> Result<Self, crate::config::ConfigError> {
+    pub fn new(
+        config: &Config,
+        store: Store,
+        hub: Arc<Hub>,
+    ) -> Result<Self, crate::config::ConfigError> {
         let modes = config.login_modes()?;
         let secret = match &config.auth.session_secret {
             Some(secret) => secret.expose().as_bytes().to_vec(),
@@ -118,6 +131,7 @@ impl Auth {
         });
         Ok(Self {
             store,
+            hub,
             keys: SessionKeys::new(
                 &secret,
                 config.auth.access_token_ttl.0,
@@ -133,23 +147,32 @@ impl Auth {
         self.dev_login
     }
 
-    /// The user id of a valid access token whose user still exists: a token outlives a deleted user
-    /// (or a database restored under the same secret), and must not let them in. Asked of the
-    /// database every time (one primary-key read): a socket authenticates once, so this is off the
+    /// The user and session of a valid access token whose user still exists and whose session was
+    /// not revoked: a token outlives a deleted user (or a database restored under the same secret)
+    /// and its own session's logout, and must not let either in. Asked of the database every time,
+    /// in one query (`Store::session_state`): a socket authenticates once, so this is off the
     /// message path.
-    pub async fn authenticate(&self, token: Option<&str>) -> Result<UserId, AuthError> {
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Caller, AuthError> {
         let token = token.ok_or(AuthError::MissingToken)?;
-        let user = self.keys.verify_access(token)?;
-        if !self.store.user_exists(user).await? {
-            return Err(AuthError::UnknownUser);
+        let caller = self.keys.verify_access(token)?;
+        match self
+            .store
+            .session_state(caller.user, &caller.session)
+            .await?
+        {
+            SessionState::Live => Ok(caller),
+            SessionState::UnknownUser => Err(AuthError::UnknownUser),
+            SessionState::Ended => Err(AuthError::SessionEnded),
         }
-        Ok(user)
     }
 
     /// The user an access token names if its signature and lifetime hold, without asking the
     /// database: enough to count a request against its user's rate limit, never to let it in.
     pub fn user_of_token(&self, token: &str) -> Option<UserId> {
-        self.keys.verify_access(token).ok()
+        self.keys
+            .verify_access(token)
+            .ok()
+            .map(|caller| caller.user)
     }
 
     pub async fn login_google(&self, id_token: &str) -> Result<Session, AuthError> {
@@ -197,12 +220,12 @@ impl Auth {
                 expires_at: self.refresh_expiry(now()),
             })
             .await?;
-        Ok(self.session(user, refresh_token))
+        Ok(self.session(user, refresh_token, &SessionId::from(family)))
     }
 
-    fn session(&self, user: User, refresh_token: String) -> Session {
+    fn session(&self, user: User, refresh_token: String, family: &SessionId) -> Session {
         Session {
-            access_token: self.keys.issue_access(user.id),
+            access_token: self.keys.issue_access(user.id, family),
             expires_in: self.keys.access_ttl.as_secs(),
             refresh_token,
             user,
@@ -229,38 +252,60 @@ impl Auth {
                 self.refresh_reuse_grace,
             )
             .await?;
-        match rotation {
-            Rotation::Rotated { user_id } | Rotation::WithinGrace { user_id } => {
-                if matches!(rotation, Rotation::WithinGrace { .. }) {
-                    tracing::debug!(
-                        user_id,
-                        "a refresh token spent moments ago was presented again; answering another pair of its session"
-                    );
-                }
-                let user = self
-                    .store
-                    .user(user_id)
-                    .await?
-                    .ok_or(AuthError::UnknownUser)?;
-                Ok(self.session(user, successor))
+        let family = match rotation {
+            Rotation::Rotated(family) => family,
+            Rotation::WithinGrace(family) => {
+                tracing::debug!(
+                    user_id = family.user_id,
+                    "a refresh token spent moments ago was presented again; answering another pair of its session"
+                );
+                family
             }
-            Rotation::Unknown => Err(AuthError::UnknownRefreshToken),
-            Rotation::Expired => Err(AuthError::RefreshExpired),
-            Rotation::Reused => {
-                tracing::warn!("a spent refresh token was presented again; its family is revoked");
-                Err(AuthError::RefreshReused)
+            Rotation::Unknown => return Err(AuthError::UnknownRefreshToken),
+            Rotation::Expired => return Err(AuthError::RefreshExpired),
+            Rotation::Reused(family) => {
+                tracing::warn!(
+                    user_id = family.user_id,
+                    "a spent refresh token was presented again; its session is revoked"
+                );
+                self.hub
+                    .close_session(family.user_id, &family.family_id, CloseCode::SessionEnded);
+                return Err(AuthError::RefreshReused);
             }
-        }
+        };
+        let user = self
+            .store
+            .user(family.user_id)
+            .await?
+            .ok_or(AuthError::UnknownUser)?;
+        Ok(self.session(user, successor, &family.family_id))
     }
 
     /// Ends the session `refresh_token` belongs to: its whole family is revoked, not only this token.
     /// Revoking the token alone would leave its spent predecessors able to mint a new pair within
     /// the reuse grace, and an older tab's token would not sign the session out.
+    /// Its sockets close with 4001, whether this call or an earlier one revoked it.
     pub async fn logout(&self, refresh_token: &str) -> Result<(), AuthError> {
-        self.store
+        let family = self
+            .store
             .revoke_refresh_family(&hash_refresh_token(refresh_token), now())
             .await?;
+        if let Some(family) = family {
+            self.hub
+                .close_session(family.user_id, &family.family_id, CloseCode::SessionEnded);
+        }
         Ok(())
+    }
+
+    /// Ends every session of `user` (`teachlyd admin kick --revoke`): revokes all their refresh
+    /// tokens, then closes each session's sockets with 4001 and refuses its access tokens from now
+    /// on. Answers how many refresh tokens it revoked.
+    pub async fn end_sessions_of(&self, user: UserId) -> Result<u64, StoreError> {
+        let revoked = self.store.revoke_user_refresh_tokens(user, now()).await?;
+        for family in &revoked.families {
+            self.hub.close_session(user, family, CloseCode::Kicked);
+        }
+        Ok(revoked.tokens)
     }
 }
 

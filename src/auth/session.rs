@@ -8,14 +8,27 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::UserId;
+use crate::domain::{SessionId, UserId};
 
+/// An access token's claims. `sid` names the session (refresh-token family) it was issued for, so
+/// that a revoked session's tokens and sockets can be told apart from the user's other sessions.
+/// A token without `sid` (signed before sessions were carried) is refused as invalid: access tokens
+/// live `auth.access_token_ttl` (15 min) and a dev server's secret is new at every start, so the
+/// only cost is one refresh, which needs no access token and answers one with `sid`.
 #[derive(Debug, Serialize, Deserialize)]
 struct AccessClaims {
     sub: String,
+    sid: String,
     iat: u64,
     exp: u64,
     typ: String,
+}
+
+/// Who a valid access token speaks for: the user, and the session it was issued for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user: UserId,
+    pub session: SessionId,
 }
 
 const ACCESS: &str = "access";
@@ -51,10 +64,11 @@ impl SessionKeys {
         random_bytes::<32>().to_vec()
     }
 
-    pub fn issue_access(&self, user: UserId) -> String {
+    pub fn issue_access(&self, user: UserId, session: &SessionId) -> String {
         let now = unix_now();
         let claims = AccessClaims {
             sub: user.to_string(),
+            sid: session.as_str().to_owned(),
             iat: now,
             exp: now + self.access_ttl.as_secs(),
             typ: ACCESS.into(),
@@ -64,25 +78,28 @@ impl SessionKeys {
             .unwrap_or_default()
     }
 
-    pub fn verify_access(&self, token: &str) -> Result<UserId, AccessTokenError> {
+    pub fn verify_access(&self, token: &str) -> Result<Caller, AccessTokenError> {
         if token.len() > 4096 {
             return Err(AccessTokenError::Invalid);
         }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // A token without `sid` fails to decode here, and is `Invalid` (see `AccessClaims`).
         let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &validation)
             .map_err(|error| match error.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AccessTokenError::Expired,
                 _ => AccessTokenError::Invalid,
             })?;
-        if data.claims.typ != ACCESS {
+        let claims = data.claims;
+        if claims.typ != ACCESS || claims.sid.is_empty() {
             return Err(AccessTokenError::Invalid);
         }
-        data.claims
-            .sub
-            .parse()
-            .map_err(|_| AccessTokenError::Invalid)
+        let user = claims.sub.parse().map_err(|_| AccessTokenError::Invalid)?;
+        Ok(Caller {
+            user,
+            session: SessionId::from(claims.sid),
+        })
     }
 }
 
@@ -129,11 +146,18 @@ mod tests {
         )
     }
 
+    fn caller(user: UserId) -> Caller {
+        Caller {
+            user,
+            session: SessionId::from("family-1"),
+        }
+    }
+
     #[test]
     fn access_tokens_round_trip_and_refuse_tampering() {
         let keys = keys();
-        let token = keys.issue_access(42);
-        assert_eq!(keys.verify_access(&token), Ok(42));
+        let token = keys.issue_access(42, &SessionId::from("family-1"));
+        assert_eq!(keys.verify_access(&token), Ok(caller(42)));
         let other = SessionKeys::new(&[8u8; 32], Duration::from_secs(900), Duration::from_secs(1));
         assert_eq!(other.verify_access(&token), Err(AccessTokenError::Invalid));
         assert_eq!(
@@ -152,6 +176,7 @@ mod tests {
         let sign = |exp: u64, typ: &str| {
             let claims = AccessClaims {
                 sub: "42".into(),
+                sid: "family-1".into(),
                 iat: exp.saturating_sub(900),
                 exp,
                 typ: typ.into(),
@@ -167,7 +192,26 @@ mod tests {
             keys.verify_access(&sign(now + 60, "refresh")),
             Err(AccessTokenError::Invalid)
         );
-        assert_eq!(keys.verify_access(&sign(now + 60, ACCESS)), Ok(42));
+        assert_eq!(keys.verify_access(&sign(now + 60, ACCESS)), Ok(caller(42)));
+    }
+
+    #[test]
+    fn a_token_without_a_session_is_refused() {
+        let keys = keys();
+        let now = unix_now();
+        let sign = |claims: serde_json::Value| {
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap()
+        };
+        let before_sessions =
+            sign(serde_json::json!({"sub": "42", "iat": now, "exp": now + 60, "typ": ACCESS}));
+        assert_eq!(
+            keys.verify_access(&before_sessions),
+            Err(AccessTokenError::Invalid)
+        );
+        let empty = sign(
+            serde_json::json!({"sub": "42", "sid": "", "iat": now, "exp": now + 60, "typ": ACCESS}),
+        );
+        assert_eq!(keys.verify_access(&empty), Err(AccessTokenError::Invalid));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! sockets only through the hub.
 
 pub mod events;
+mod peers;
 mod presence;
 mod writer;
 
@@ -23,13 +24,14 @@ pub use writer::WriteError;
 use crate::{
     config::Config,
     domain::{
-        MAX_CLIENT_ID_CHARS, Message, MessageId, NewMessage, Stored, UserId,
+        MAX_CLIENT_ID_CHARS, Message, MessageId, NewMessage, SessionId, Stored, UserId,
         content::ContentRejection, now,
     },
-    hub::{ConnectionHandle, ConnectionId, Hub, TooManyConnections},
+    hub::{ConnectionHandle, ConnectionId, Hub, Refusal, Slot},
     live::Live,
     store::{KnownUsers, SeenReceipt, Store, StoreError},
 };
+use peers::Peers;
 use presence::Presence;
 use writer::GroupCommit;
 
@@ -74,6 +76,8 @@ pub struct Chat {
     store: Store,
     hub: Arc<Hub>,
     users: Arc<KnownUsers>,
+    /// Who shares a conversation with whom: whom `typing` may reach.
+    peers: Peers,
     commits: GroupCommit,
     presence: Presence,
     live: Arc<Live>,
@@ -167,6 +171,7 @@ impl Chat {
         );
         tasks.spawn(forget_idle_senders(Arc::clone(&live), shutdown));
         Ok(Self {
+            peers: Peers::new(store.clone()),
             store,
             hub,
             users,
@@ -227,8 +232,11 @@ impl Chat {
             },
             outcome => outcome,
         };
-        if let Ok(Stored { created: true, .. }) = &outcome {
-            self.stored.fetch_add(1, Ordering::Relaxed);
+        if let Ok(stored) = &outcome {
+            self.peers.record(from, to);
+            if stored.created {
+                self.stored.fetch_add(1, Ordering::Relaxed);
+            }
         }
         outcome
     }
@@ -363,21 +371,46 @@ impl Chat {
         }
     }
 
-    /// Forwards a typing notice; never stored.
-    pub fn typing(&self, from: UserId, to: UserId) -> Result<(), ChatError> {
+    /// Forwards a typing notice to `to` when they share a conversation with `from`; never stored.
+    /// A notice to anyone else (a stranger, an id nobody has) is dropped without an answer, as is
+    /// one whose check the database could not answer in time: the sender hears the same silence
+    /// whether the target exists, is online or shares nothing, so typing tells a client probing
+    /// ids nothing, and a typing indicator is worth no error frame.
+    pub async fn typing(&self, from: UserId, to: UserId) -> Result<(), ChatError> {
         if from == to {
             return Err(ChatError::InvalidRecipient);
         }
-        self.hub
-            .send_to_user(to, &ServerEvent::Typing { from }.to_outbound());
+        // Nobody to tell: no need to ask who they are.
+        if !self.hub.reaches(to, None) {
+            return Ok(());
+        }
+        let shared = self
+            .bounded(async { Ok(self.peers.share_conversation(from, to).await?) })
+            .await;
+        match shared {
+            Ok(true) => {
+                self.hub
+                    .send_to_user(to, &ServerEvent::Typing { from }.to_outbound());
+            }
+            Ok(false) => {}
+            Err(error) => tracing::debug!(%error, from, "a typing notice was dropped"),
+        }
         Ok(())
     }
 
-    /// Registers a new socket; the user's peers hear of them if it is their first. The socket stays
-    /// registered until the answer is dropped.
-    pub fn connect(&self, handle: ConnectionHandle) -> Result<Registration, TooManyConnections> {
+    /// Holds a place in the hub for a socket of `user` in `session`, before its upgrade is
+    /// answered: refused when the user holds `limits.max_connections_per_user` places already, or
+    /// the session has ended.
+    pub fn reserve(&self, user: UserId, session: &SessionId) -> Result<Slot, Refusal> {
+        self.hub.reserve(user, session)
+    }
+
+    /// Registers the socket `handle` in the place `slot` held for it; the user's peers hear of them
+    /// if it is their first. The socket stays registered until the answer is dropped. Refused when
+    /// the session ended while the socket was being upgraded.
+    pub fn connect(&self, slot: Slot, handle: ConnectionHandle) -> Result<Registration, Refusal> {
         let (user, connection) = (handle.user_id, handle.id);
-        if self.hub.register(handle)? {
+        if slot.register(handle)? {
             self.presence.changed(user);
         }
         Ok(Registration {

@@ -12,6 +12,37 @@ use sqlx::types::time::OffsetDateTime;
 pub type UserId = i64;
 pub type MessageId = i64;
 
+/// A session: one sign-in and every token pair refreshed from it (its refresh-token family). Access
+/// tokens carry it, and so does every socket opened with one, so that ending the session (logout,
+/// a detected refresh-token reuse, `admin kick --revoke`) can close exactly its sockets. Opaque and
+/// random; it grants nothing by itself, yet is never logged or shown to clients.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SessionId(std::sync::Arc<str>);
+
+impl SessionId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SessionId {
+    fn from(id: String) -> Self {
+        Self(id.into())
+    }
+}
+
+impl From<&str> for SessionId {
+    fn from(id: &str) -> Self {
+        Self(id.into())
+    }
+}
+
+impl std::fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionId(..)")
+    }
+}
+
 /// The longest idempotency key a client may attach to a message.
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
 

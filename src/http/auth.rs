@@ -163,7 +163,8 @@ async fn dev_login(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
         UnreadableBody, DatabaseTrouble, FrontRefusals,
         (status = 200, description = "A new pair; the presented refresh token is spent", body = SessionResponse),
         (status = 401, description = "`invalid_token` (unknown), `token_expired`, or `token_reused`: already spent, \
-                                      which revokes every session of that sign-in", body = ErrorBody),
+                                      which ends the session of that sign-in: its refresh and access tokens stop \
+                                      working and its sockets close with 4001", body = ErrorBody),
         (status = 422, description = "`invalid_field`: `refresh_token` is missing, not a string, or next to an unknown field", body = ErrorBody)))]
 async fn refresh(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
     let request: RefreshRequest = parse_json(&body)?;
@@ -172,10 +173,14 @@ async fn refresh(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
 }
 
 #[utoipa::path(post, path = "/auth/logout", tag = "auth", operation_id = "logout",
+    description = "Ends the session (sign-in) the refresh token belongs to, whichever of its tokens \
+                   is presented: every refresh token of it is revoked, its access tokens are refused \
+                   from now on (401 `invalid_token`), and its WebSockets close with 4001 within a \
+                   second. The user's other sessions (other devices) keep theirs.",
     request_body = RefreshRequest,
     responses(
         UnreadableBody, DatabaseTrouble, FrontRefusals,
-        (status = 204, description = "The refresh token is revoked (an unknown one changes nothing)"),
+        (status = 204, description = "The session is ended (an unknown token changes nothing)"),
         (status = 422, description = "`invalid_field`: `refresh_token` is missing, not a string, or next to an unknown field", body = ErrorBody)))]
 async fn logout(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
     let request: RefreshRequest = parse_json(&body)?;

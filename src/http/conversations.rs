@@ -132,7 +132,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         SignInRequired, DatabaseTrouble, FrontRefusals,
         (status = 200, description = "Every conversation, most recent first", body = [Conversation])))]
 async fn list(app: Arc<App>, token: Option<String>) -> Result<Response, ApiError> {
-    let caller = app.auth.authenticate(token.as_deref()).await?;
+    let caller = app.auth.authenticate(token.as_deref()).await?.user;
     let conversations: Vec<Conversation> = app
         .store
         .conversations(caller)
@@ -164,7 +164,7 @@ async fn history(
     peer: String,
     query: HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    let caller = app.auth.authenticate(token.as_deref()).await?;
+    let caller = app.auth.authenticate(token.as_deref()).await?.user;
     let peer = path_id(&peer, "the peer id")?;
     let limit = query_number(&query, "limit", 1, MAX_PAGE)?.unwrap_or(DEFAULT_HISTORY_LIMIT);
     let before = query_number(&query, "before", 1, i64::MAX)?;
@@ -207,7 +207,7 @@ async fn send(
     peer: String,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = app.auth.authenticate(token.as_deref()).await?;
+    let caller = app.auth.authenticate(token.as_deref()).await?.user;
     let peer = path_id(&peer, "the peer id")?;
     let request: SendRequest = parse_json(&body)?;
     let stored = app
@@ -236,7 +236,7 @@ async fn seen(
     peer: String,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = app.auth.authenticate(token.as_deref()).await?;
+    let caller = app.auth.authenticate(token.as_deref()).await?.user;
     let peer = path_id(&peer, "the peer id")?;
     let request: SeenRequest = parse_json(&body)?;
     if request.up_to <= 0 {

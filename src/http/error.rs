@@ -229,8 +229,10 @@ impl IntoResponses for SignInRequired {
             .description(Some("Always `Bearer`"))
             .build();
         let mut response = error_response(
-            "`not_authenticated` (no token), `invalid_token` (malformed, forged, or its user no \
-             longer exists) or `token_expired`: sign in or refresh, then retry",
+            "`not_authenticated` (no token), `invalid_token` (malformed, forged, its user no \
+             longer exists, or its session ended: signed out, revoked after a refresh token was \
+             presented twice, or by `admin kick --revoke`) or `token_expired`: sign in or refresh, \
+             then retry",
         );
         response
             .headers

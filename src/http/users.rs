@@ -42,7 +42,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         SignInRequired, DatabaseTrouble, FrontRefusals,
         (status = 200, description = "The caller, with their Google id", body = Me)))]
 async fn me(app: Arc<App>, token: Option<String>) -> Result<Response, ApiError> {
-    let caller = app.auth.authenticate(token.as_deref()).await?;
+    let caller = app.auth.authenticate(token.as_deref()).await?.user;
     let user = app.store.user(caller).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -2,7 +2,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicU16, AtomicU64, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
     },
 };
 
@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{MessageId, UserId};
+use crate::domain::{MessageId, SessionId, UserId};
 
 pub type ConnectionId = u64;
 
@@ -40,30 +40,32 @@ impl Outbound {
     }
 }
 
-/// The WebSocket close codes the server chooses.
+/// Why the server closes a socket; each has its WebSocket close code (`wire`) and a reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u16)]
 pub enum CloseCode {
-    /// The server is shutting down.
-    GoingAway = 1001,
-    /// The client broke the WebSocket protocol (RFC 6455 §7.4.1).
-    ProtocolError = 1002,
-    /// A text frame that is not UTF-8.
-    InvalidPayload = 1007,
-    /// The client kept sending after being refused.
-    PolicyViolation = 1008,
-    /// A frame was larger than `limits.max_frame_bytes`.
-    TooBig = 1009,
-    /// The server could not do its part (the backlog could not be read): reconnect.
-    InternalError = 1011,
-    /// The outbound queue overflowed: the client does not read fast enough.
-    Overflow = 1013,
-    /// An operator closed the user's sockets (`teachlyd admin kick`).
-    Kicked = 4001,
+    /// The server is shutting down (1001).
+    GoingAway,
+    /// The client broke the WebSocket protocol (1002, RFC 6455 §7.4.1).
+    ProtocolError,
+    /// A text frame that is not UTF-8 (1007).
+    InvalidPayload,
+    /// The client kept sending after being refused (1008).
+    PolicyViolation,
+    /// A frame was larger than `limits.max_frame_bytes` (1009).
+    TooBig,
+    /// The server could not do its part (the backlog could not be read): reconnect (1011).
+    InternalError,
+    /// The outbound queue overflowed: the client does not read fast enough (1013).
+    Overflow,
+    /// An operator closed the user's sockets (`teachlyd admin kick`, 4001).
+    Kicked,
+    /// The socket's session ended: signed out, or revoked because its refresh token was reused
+    /// (4001, like a kick: either way the client must not just reconnect with the same token).
+    SessionEnded,
 }
 
 impl CloseCode {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::GoingAway,
         Self::ProtocolError,
         Self::InvalidPayload,
@@ -72,10 +74,33 @@ impl CloseCode {
         Self::InternalError,
         Self::Overflow,
         Self::Kicked,
+        Self::SessionEnded,
     ];
 
-    fn from_u16(code: u16) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| *c as u16 == code)
+    /// The code in the close frame.
+    pub fn wire(self) -> u16 {
+        match self {
+            Self::GoingAway => 1001,
+            Self::ProtocolError => 1002,
+            Self::InvalidPayload => 1007,
+            Self::PolicyViolation => 1008,
+            Self::TooBig => 1009,
+            Self::InternalError => 1011,
+            Self::Overflow => 1013,
+            Self::Kicked | Self::SessionEnded => 4001,
+        }
+    }
+
+    /// Its place in `ALL`, plus one: how a `ConnectionControl` holds it (0 is "not closing").
+    fn tag(self) -> u8 {
+        Self::ALL
+            .iter()
+            .position(|c| *c == self)
+            .map_or(0, |i| i as u8 + 1)
+    }
+
+    fn from_tag(tag: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(tag).checked_sub(1)?).copied()
     }
 
     /// The close frame's reason, for people reading a trace.
@@ -89,6 +114,7 @@ impl CloseCode {
             Self::InternalError => "server error: reconnect to get your messages",
             Self::Overflow => "too slow: reconnect to get what you missed",
             Self::Kicked => "closed by an administrator",
+            Self::SessionEnded => "session ended: sign in again",
         }
     }
 }
@@ -96,7 +122,7 @@ impl CloseCode {
 /// Lets anyone holding a handle ask the connection's task to close, with a code; the first code wins.
 #[derive(Debug, Default)]
 pub struct ConnectionControl {
-    code: AtomicU16,
+    code: AtomicU8,
     closed: CancellationToken,
 }
 
@@ -104,12 +130,12 @@ impl ConnectionControl {
     pub fn close(&self, code: CloseCode) {
         let _ = self
             .code
-            .compare_exchange(0, code as u16, Ordering::AcqRel, Ordering::Acquire);
+            .compare_exchange(0, code.tag(), Ordering::AcqRel, Ordering::Acquire);
         self.closed.cancel();
     }
 
     pub fn close_code(&self) -> Option<CloseCode> {
-        CloseCode::from_u16(self.code.load(Ordering::Acquire))
+        CloseCode::from_tag(self.code.load(Ordering::Acquire))
     }
 
     pub async fn closed(&self) {
@@ -130,6 +156,8 @@ pub struct Arrival {
 pub struct ConnectionHandle {
     pub id: ConnectionId,
     pub user_id: UserId,
+    /// The session whose access token opened it: ending that session closes it.
+    pub session: SessionId,
     queue: mpsc::Sender<Outbound>,
     pub control: Arc<ConnectionControl>,
     pub arrival: Arc<Arrival>,
@@ -140,6 +168,7 @@ impl ConnectionHandle {
     /// A handle and the receiving end of its bounded queue.
     pub fn new(
         user_id: UserId,
+        session: SessionId,
         queue_len: usize,
         arrival: Arrival,
     ) -> (Self, mpsc::Receiver<Outbound>) {
@@ -147,6 +176,7 @@ impl ConnectionHandle {
         let handle = Self {
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             user_id,
+            session,
             queue,
             control: Arc::new(ConnectionControl::default()),
             arrival: Arc::new(arrival),

@@ -281,6 +281,30 @@ impl Store {
             .collect())
     }
 
+    /// Whether `a` and `b` share a conversation: a message from either to the other exists. One probe
+    /// of the conversation index.
+    pub async fn share_conversation(&self, a: UserId, b: UserId) -> StoreResult<bool> {
+        let (low, high) = (a.min(b), a.max(b));
+        let sql = match self {
+            Store::Postgres(_) => {
+                "SELECT EXISTS (SELECT 1 FROM messages \
+                 WHERE LEAST(from_id, to_id) = $1 AND GREATEST(from_id, to_id) = $2)"
+            }
+            Store::Sqlite { .. } => {
+                "SELECT EXISTS (SELECT 1 FROM messages \
+                 WHERE min(from_id, to_id) = $1 AND max(from_id, to_id) = $2)"
+            }
+        };
+        let shared = on_pool!(self, read, |pool| {
+            sqlx::query_scalar::<_, bool>(sql)
+                .bind(low)
+                .bind(high)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(shared)
+    }
+
     /// The conversation between `a` and `b`, newest first, strictly before `before` when given.
     pub async fn history(
         &self,

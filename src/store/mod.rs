@@ -20,7 +20,7 @@ use sqlx::{
 pub use bulk::DEFAULT_PURGE_BATCH;
 pub use known_users::KnownUsers;
 pub use messages::{Committed, ConversationSummary, HistoryPage, SeenReceipt};
-pub use tokens::{RefreshTokenRecord, Rotation};
+pub use tokens::{Family, RefreshTokenRecord, RevokedSessions, Rotation, SessionState};
 pub use users::Identity;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

@@ -3,7 +3,7 @@ use std::time::Duration;
 use sqlx::types::time::OffsetDateTime;
 
 use super::{Store, StoreResult, on_pool};
-use crate::domain::UserId;
+use crate::domain::{SessionId, UserId};
 
 /// A refresh token as stored: only its hash, never the token.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -16,23 +16,44 @@ pub struct RefreshTokenRecord {
     pub revoked_at: Option<OffsetDateTime>,
 }
 
+/// A refresh-token family: one session of one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Family {
+    pub user_id: UserId,
+    pub family_id: SessionId,
+}
+
 /// What presenting a refresh token came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotation {
-    /// The token was live; it is now spent and its successor is stored.
-    Rotated {
-        user_id: UserId,
-    },
+    /// The token was live; it is now spent and its successor is stored in its family.
+    Rotated(Family),
     /// The token was spent less than the reuse grace ago, most likely by another tab refreshing at
     /// the same moment: a sibling successor is stored in the same family.
-    WithinGrace {
-        user_id: UserId,
-    },
+    WithinGrace(Family),
     /// Nothing matches the token.
     Unknown,
     Expired,
-    /// The token was already spent or revoked: its whole family is now revoked.
-    Reused,
+    /// The token was already spent or revoked: its whole family (this one) is now revoked.
+    Reused(Family),
+}
+
+/// What an access token's user and session come to, read in one query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    Live,
+    /// The user was deleted.
+    UnknownUser,
+    /// The session was revoked (logout, reuse, `admin kick --revoke`), or is not the user's.
+    Ended,
+}
+
+/// What `revoke_user_refresh_tokens` revoked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevokedSessions {
+    pub tokens: u64,
+    /// The families that had a token left to revoke, each once.
+    pub families: Vec<SessionId>,
 }
 
 /// A new token to store: its hash, family and lifetime.
@@ -153,7 +174,10 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
-                return Ok(Rotation::Rotated { user_id });
+                return Ok(Rotation::Rotated(Family {
+                    user_id,
+                    family_id: family_id.into(),
+                }));
             }
 
             let token: Option<PresentedToken> =
@@ -163,6 +187,10 @@ impl Store {
                     .await?;
             let Some(token) = token else {
                 return Ok(Rotation::Unknown);
+            };
+            let family = Family {
+                user_id: token.record.user_id,
+                family_id: token.record.family_id.as_str().into(),
             };
             let outcome = match token.verdict(now, reuse_grace) {
                 Verdict::Expired => Rotation::Expired,
@@ -175,12 +203,10 @@ impl Store {
                         .await?
                         .rows_affected();
                     if stored == 1 {
-                        Rotation::WithinGrace {
-                            user_id: token.record.user_id,
-                        }
+                        Rotation::WithinGrace(family)
                     } else {
                         // The family was revoked since the read above: that revocation stands.
-                        Rotation::Reused
+                        Rotation::Reused(family)
                     }
                 }
                 Verdict::Theft => {
@@ -189,7 +215,7 @@ impl Store {
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
-                    Rotation::Reused
+                    Rotation::Reused(family)
                 }
             };
             tx.commit().await?;
@@ -198,44 +224,85 @@ impl Store {
     }
 
     /// Revokes the whole family of the token whose hash is `hash`, spent or not: the session it
-    /// belongs to ends. Answers whether anything of it was left to revoke.
+    /// belongs to ends. Answers that family, revoked now or before, or `None` for a token it does
+    /// not know.
     pub async fn revoke_refresh_family(
         &self,
         hash: &str,
         now: OffsetDateTime,
-    ) -> StoreResult<bool> {
-        let sql = "UPDATE refresh_tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND family_id = \
-                   (SELECT family_id FROM refresh_tokens WHERE token_hash = $1)";
-        let revoked = on_pool!(self, write, |pool| {
-            sqlx::query(sql)
+    ) -> StoreResult<Option<Family>> {
+        // A token's family never changes, so reading it first needs no transaction.
+        let family_of = "SELECT user_id, family_id FROM refresh_tokens WHERE token_hash = $1";
+        on_pool!(self, write, |pool| {
+            let family: Option<(UserId, String)> = sqlx::query_as(family_of)
                 .bind(hash)
+                .fetch_optional(pool)
+                .await?;
+            let Some((user_id, family_id)) = family else {
+                return Ok(None);
+            };
+            sqlx::query(REVOKE_FAMILY)
+                .bind(&family_id)
                 .bind(now)
                 .execute(pool)
-                .await?
-                .rows_affected()
-        });
-        Ok(revoked > 0)
+                .await?;
+            Ok(Some(Family {
+                user_id,
+                family_id: family_id.into(),
+            }))
+        })
     }
 
     /// Revokes every refresh token `user` holds, spent ones too (within the reuse grace a spent one
-    /// still answers): each of their sessions ends when its access token expires
-    /// (`teachlyd admin kick --revoke`). Answers how many tokens it revoked.
+    /// still answers): each of their sessions ends (`teachlyd admin kick --revoke`). Answers how many
+    /// tokens it revoked, and their families.
     pub async fn revoke_user_refresh_tokens(
         &self,
         user: UserId,
         now: OffsetDateTime,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<RevokedSessions> {
         let sql = "UPDATE refresh_tokens SET revoked_at = $2 \
-                   WHERE user_id = $1 AND revoked_at IS NULL";
-        let revoked = on_pool!(self, write, |pool| {
-            sqlx::query(sql)
+                   WHERE user_id = $1 AND revoked_at IS NULL RETURNING family_id";
+        let mut families: Vec<String> = on_pool!(self, write, |pool| {
+            sqlx::query_scalar(sql)
                 .bind(user)
                 .bind(now)
-                .execute(pool)
+                .fetch_all(pool)
                 .await?
-                .rows_affected()
         });
-        Ok(revoked)
+        let tokens = families.len() as u64;
+        families.sort_unstable();
+        families.dedup();
+        Ok(RevokedSessions {
+            tokens,
+            families: families.into_iter().map(SessionId::from).collect(),
+        })
+    }
+
+    /// Whether an access token of `family` still speaks for `user`: the user exists and the
+    /// session is theirs and not revoked. One query, the one `authenticate` already made for the
+    /// user, so refusing a signed-out session's tokens costs no extra round trip.
+    pub async fn session_state(
+        &self,
+        user: UserId,
+        family: &SessionId,
+    ) -> StoreResult<SessionState> {
+        let sql = "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1), \
+                   EXISTS (SELECT 1 FROM refresh_tokens WHERE family_id = $2 AND user_id = $1) \
+                   AND NOT EXISTS (SELECT 1 FROM refresh_tokens WHERE family_id = $2 \
+                   AND revoked_at IS NOT NULL)";
+        let (user_exists, live): (bool, bool) = on_pool!(self, read, |pool| {
+            sqlx::query_as(sql)
+                .bind(user)
+                .bind(family.as_str())
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(match (user_exists, live) {
+            (false, _) => SessionState::UnknownUser,
+            (true, false) => SessionState::Ended,
+            (true, true) => SessionState::Live,
+        })
     }
 }
 

@@ -3,8 +3,8 @@
 //!
 //! The socket never stops reading because of the database: a message or receipt it was sent is
 //! handed on as a future of its own (up to `MAX_IN_FLIGHT` of them, answered in the order they were
-//! sent), and the backlog is read page by page alongside. Pings, typing and pongs are answered at
-//! once, whatever the database does.
+//! sent), and the backlog is read page by page alongside. Pings and pongs are answered at once,
+//! whatever the database does; a typing notice waits only for the check of whom it may reach.
 
 use std::{
     collections::HashSet,
@@ -32,7 +32,7 @@ use crate::{
     app::App,
     chat::{ChatError, FromSocket, SendTurn, ServerEvent},
     domain::{Message, MessageId, UserId},
-    hub::{Arrival, CloseCode, ConnectionHandle, Outbound},
+    hub::{Arrival, CloseCode, ConnectionHandle, Outbound, Slot},
     rate::{FloodWatch, Key, Limited, Scope},
 };
 
@@ -67,19 +67,24 @@ enum Ending {
     WriteFailed,
 }
 
-pub async fn run(app: Arc<App>, user: UserId, arrival: Arrival, socket: WebSocket) {
-    let (handle, mut queue) =
-        ConnectionHandle::new(user, app.config.limits.outbound_queue, arrival);
+pub async fn run(app: Arc<App>, slot: Slot, arrival: Arrival, socket: WebSocket) {
+    let user = slot.user();
+    let (handle, mut queue) = ConnectionHandle::new(
+        user,
+        slot.session().clone(),
+        app.config.limits.outbound_queue,
+        arrival,
+    );
     let control = Arc::clone(&handle.control);
     let connection = handle.id;
     let (mut sink, mut stream) = socket.split();
-    let Ok(registration) = app.chat.connect(handle) else {
-        let _ = close(
-            &mut sink,
-            CloseCode::PolicyViolation,
-            "too many connections",
-        )
-        .await;
+    // The slot already holds the socket's place under the per-user cap; the only refusal left is a
+    // session that ended while the upgrade was under way.
+    let Ok(registration) = app.chat.connect(slot, handle) else {
+        let code = CloseCode::SessionEnded;
+        if close(&mut sink, code, code.reason()).await.is_ok() {
+            await_client_close(&mut stream).await;
+        }
         return;
     };
     // Shutdown cancels first and closes the registered sockets second: a socket registered after
@@ -125,7 +130,7 @@ pub async fn run(app: Arc<App>, user: UserId, arrival: Arrival, socket: WebSocke
 
 async fn close(sink: &mut Sink, code: CloseCode, reason: &'static str) -> Result<(), ()> {
     let frame = WsMessage::Close(Some(CloseFrame {
-        code: WireCloseCode::from(code as u16),
+        code: WireCloseCode::from(code.wire()),
         reason: reason.into(),
     }));
     match tokio::time::timeout(CLOSE_TIMEOUT, sink.send(frame)).await {
@@ -445,9 +450,13 @@ impl Socket {
                     let _ = self.write(&rate_limited_frame(limited, None)).await;
                     return self.flooding();
                 }
-                if let Err(error) = self.app.chat.typing(self.user, to) {
-                    let _ = self.write(&error_frame(&error, None)).await;
-                }
+                // Whether `to` may hear it can take a query (see `Chat::typing`): the socket goes
+                // on reading meanwhile. A notice to a peer already known goes out when first polled.
+                let (app, user) = (Arc::clone(&self.app), self.user);
+                self.in_flight.push_back(Box::pin(async move {
+                    let typed = app.chat.typing(user, to).await;
+                    typed.err().map(|error| error_frame(&error, None))
+                }));
             }
             ClientEvent::MessageSeen { message_id } => {
                 let (app, user, connection) = (Arc::clone(&self.app), self.user, self.connection);

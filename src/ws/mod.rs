@@ -27,13 +27,14 @@ use warp::{
 
 use crate::{
     app::App,
+    auth::AuthError,
     http::{
         caps::ConnectionSlot,
         error::ApiError,
         extract::{self, bearer},
         front::Peer,
     },
-    hub::Arrival,
+    hub::{Arrival, Refusal, Slot},
 };
 
 /// The server side of one upgraded connection.
@@ -96,10 +97,18 @@ fn arrival() -> impl Filter<Extract = (Arrival,), Error = std::convert::Infallib
                    `typing {from}`, `pong`, `error {code, detail, client_id?, retry_after_ms?}`. \
                    `message` and `typing` frames are rate limited per user \
                    (`rate_limit.ws_messages_*`, `rate_limit.typing_per_second`): a refused one is \
-                   answered `error` `rate_limited` with `retry_after_ms`, and the socket stays open. Close codes: 1001 \
-                   shutdown, 1002 protocol error, 1007 text that is not UTF-8, 1008 more than \
-                   `rate_limit.ws_flood_close` refused frames in 10 s, 1009 frame too large, 1011 backlog unreadable, 1013 too slow \
-                   (reconnect to get what was missed).",
+                   answered `error` `rate_limited` with `retry_after_ms`, and the socket stays open. \
+                   `typing` reaches \
+                   only a user who shares a conversation (a message either way) with the sender; \
+                   one to anyone else is dropped without an answer, so it tells nothing about \
+                   who exists or is online. A socket belongs to the session (sign-in) whose access \
+                   token opened it. Close codes: 1001 shutdown, 1002 protocol error, 1007 text \
+                   that is not UTF-8, 1008 more than `rate_limit.ws_flood_close` refused frames in \
+                   10 s, 1009 frame too large, \
+                   1011 backlog unreadable, 1013 too slow (reconnect to get what was missed), 4001 \
+                   closed by an operator (`teachlyd admin kick`) or the session ended (logout, a \
+                   refresh token presented twice, `admin kick --revoke`; the user's other sessions \
+                   keep their sockets): sign in again rather than reconnect with the same token.",
     security(("bearer" = []), ("access_token" = [])),
     params(
         ("user_id" = i64, Path, minimum = 1, description = "The caller's own id"),
@@ -125,12 +134,13 @@ fn arrival() -> impl Filter<Extract = (Arrival,), Error = std::convert::Infallib
         (status = 429, description = "`rate_limited` (with `Retry-After`): more than \
             `rate_limit.ws_upgrades_per_minute` upgrades from this address; \
             `too_many_connections`: the user holds `limits.max_connections_per_user` \
-            sockets (default 5) already", body = crate::http::error::ErrorBody)))]
+            sockets (default 5) already, counting upgrades under way: of several upgrades at once, \
+            those beyond the limit get this answer, never a 101 that is closed afterwards", body = crate::http::error::ErrorBody)))]
 async fn upgrade(
     path_user: Option<String>,
     arrival: Arrival,
     headers: HeaderMap,
-    (on_upgrade, slot): (Option<OnUpgrade>, Option<ConnectionSlot>),
+    (on_upgrade, connection_slot): (Option<OnUpgrade>, Option<ConnectionSlot>),
     header_token: Option<String>,
     query: HashMap<String, String>,
     app: Arc<App>,
@@ -142,8 +152,8 @@ async fn upgrade(
     let token = header_token
         .as_deref()
         .or(query.get("access_token").map(String::as_str));
-    let user = match check(&app, path_user, token).await {
-        Ok(user) => user,
+    let slot = match check(&app, path_user, token).await {
+        Ok(slot) => slot,
         Err(error) => return error.into_response(),
     };
     let max = app.config.limits.max_frame_bytes + WIRE_SLACK;
@@ -153,9 +163,10 @@ async fn upgrade(
         .max_frame_size(Some(max))
         .max_message_size(Some(max));
     let sockets = app.sockets.clone();
+    // The slot goes with the task: an upgrade that never completes drops it, which frees the place.
     tokio::spawn(sockets.track_future(async move {
         // The TCP connection stays counted against `limits.max_connections*` while the socket lives.
-        let _slot = slot;
+        let _connection_slot = connection_slot;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let socket = WebSocketStream::from_raw_socket(
@@ -164,7 +175,7 @@ async fn upgrade(
                     Some(config),
                 )
                 .await;
-                connection::run(app, user, arrival, socket).await;
+                connection::run(app, slot, arrival, socket).await;
             }
             Err(error) => tracing::debug!(%error, "the WebSocket upgrade did not complete"),
         }
@@ -216,12 +227,18 @@ fn handshake(
     Ok((accept, on_upgrade))
 }
 
-/// The checks made before the upgrade: a valid token, the path's user is the token's, and room for
-/// one more connection. (The origin was checked in `http::front`, as for every request.)
-async fn check(app: &App, path_user: Option<String>, token: Option<&str>) -> Result<i64, ApiError> {
-    let user = app.auth.authenticate(token).await?;
+/// The checks made before the upgrade: a valid token of a live session, the path's user is the
+/// token's, and room for one more connection, which is taken here (the slot) so that upgrades racing
+/// for the last places cannot all pass: the losers get 429 before any 101. (The origin was checked
+/// in `http::front`, as for every request.)
+async fn check(
+    app: &App,
+    path_user: Option<String>,
+    token: Option<&str>,
+) -> Result<Slot, ApiError> {
+    let caller = app.auth.authenticate(token).await?;
     if let Some(path_user) = path_user
-        && path_user.parse::<i64>().ok() != Some(user)
+        && path_user.parse::<i64>().ok() != Some(caller.user)
     {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -229,13 +246,15 @@ async fn check(app: &App, path_user: Option<String>, token: Option<&str>) -> Res
             "this socket belongs to another user: the path's user id must be your own",
         ));
     }
-    let limit = app.config.limits.max_connections_per_user;
-    if app.hub.connections_of(user) >= limit {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_connections",
-            format!("you already have {limit} open sockets; close one first"),
-        ));
-    }
-    Ok(user)
+    app.chat
+        .reserve(caller.user, &caller.session)
+        .map_err(|refusal| match refusal {
+            Refusal::TooManyConnections { limit } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                format!("you already have {limit} open sockets; close one first"),
+            ),
+            // Ended between the database's answer and now (see `Hub::close_session`).
+            Refusal::SessionEnded => AuthError::SessionEnded.into(),
+        })
 }

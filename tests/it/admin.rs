@@ -42,7 +42,7 @@ async fn admin(socket: &Path, args: &[&str]) -> Output {
     teachlyd(&all).await
 }
 
-async fn admin_json(socket: &Path, args: &[&str]) -> Value {
+pub(crate) async fn admin_json(socket: &Path, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.push("--json");
     let output = admin(socket, &all).await;

@@ -292,8 +292,10 @@ on_both_backends! {
         let chat = &app.server().app.chat;
         for _ in 0..3 {
             // What a socket task does, through the library, until it panics mid-way.
-            let (handle, _queue) = teachlyd::hub::ConnectionHandle::new(bob.id, 16, Default::default());
-            let registration = chat.connect(handle).expect("there is room");
+            let session = teachlyd::domain::SessionId::from("a-session");
+            let slot = chat.reserve(bob.id, &session).expect("there is room");
+            let (handle, _queue) = teachlyd::hub::ConnectionHandle::new(bob.id, session, 16, Default::default());
+            let registration = chat.connect(slot, handle).expect("the session is live");
             let task = tokio::spawn(async move {
                 let _held = registration;
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -19,6 +19,7 @@ mod messages;
 mod openapi;
 mod packaging;
 mod rest;
+mod sessions;
 mod socket;
 mod store;
 mod systemd;

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use teachlyd::{
-    domain::{NewMessage, now},
-    store::{Identity, Store},
+    domain::{NewMessage, SessionId, now},
+    store::{Family, Identity, Rotation, SessionState, Store, tokens::NewRefreshToken},
 };
 
 use crate::common::TestDb;
@@ -39,7 +39,65 @@ fn message(from: i64, to: i64, text: &str, client_id: Option<&str>) -> NewMessag
     }
 }
 
+/// Stores a refresh token of `family` for `user`, valid for a day.
+async fn token(store: &Store, user: i64, family: &str, hash: &str) {
+    let token = NewRefreshToken {
+        hash,
+        family_id: family,
+        user_id: user,
+        expires_at: now() + Duration::from_secs(86_400),
+    };
+    store.insert_refresh_token(&token).await.unwrap();
+}
+
 on_both_backends! {
+    async fn sessions_end_by_family_and_say_which_one_ended(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        let store = open(&db).await;
+        let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
+        let (phone, laptop) = (SessionId::from("phone"), SessionId::from("laptop"));
+        token(&store, alice, "phone", "h-phone").await;
+        token(&store, alice, "laptop", "h-laptop").await;
+        assert_eq!(store.session_state(alice, &phone).await.unwrap(), SessionState::Live);
+        assert_eq!(store.session_state(bob, &phone).await.unwrap(), SessionState::Ended, "not bob's session");
+        assert_eq!(store.session_state(alice, &"nothing".into()).await.unwrap(), SessionState::Ended);
+        assert_eq!(store.session_state(999_999, &phone).await.unwrap(), SessionState::UnknownUser);
+
+        // A rotation names its family; a reuse after it revokes that family, and says so.
+        let grace = Duration::ZERO;
+        let rotated = store.rotate_refresh_token("h-phone", "h-phone-2", now() + Duration::from_secs(60), now(), grace);
+        let family = Family { user_id: alice, family_id: phone.clone() };
+        assert_eq!(rotated.await.unwrap(), Rotation::Rotated(family.clone()));
+        let reused = store.rotate_refresh_token("h-phone", "h-phone-3", now() + Duration::from_secs(60), now(), grace);
+        assert_eq!(reused.await.unwrap(), Rotation::Reused(family.clone()));
+        assert_eq!(store.session_state(alice, &phone).await.unwrap(), SessionState::Ended);
+        assert_eq!(store.session_state(alice, &laptop).await.unwrap(), SessionState::Live);
+
+        // Logout names the family of any of its tokens, revoked before or now; an unknown token none.
+        assert_eq!(store.revoke_refresh_family("h-phone-2", now()).await.unwrap(), Some(family));
+        assert_eq!(store.revoke_refresh_family("h-unknown", now()).await.unwrap(), None);
+        token(&store, alice, "tablet", "h-tablet").await;
+        token(&store, alice, "tablet", "h-tablet-2").await;
+        let revoked = store.revoke_user_refresh_tokens(alice, now()).await.unwrap();
+        assert_eq!(revoked.tokens, 3, "laptop's one and tablet's two; phone's were revoked already");
+        assert_eq!(revoked.families, vec![laptop.clone(), SessionId::from("tablet")]);
+        assert_eq!(store.session_state(alice, &laptop).await.unwrap(), SessionState::Ended);
+        store.close().await;
+    }
+
+    async fn a_conversation_is_shared_either_way(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        let store = open(&db).await;
+        let (alice, bob, carol) = (user(&store, "alice").await, user(&store, "bob").await, user(&store, "carol").await);
+        assert!(!store.share_conversation(alice, bob).await.unwrap());
+        store.insert_messages(&[message(bob, alice, "hi", None)]).await.unwrap();
+        assert!(store.share_conversation(alice, bob).await.unwrap());
+        assert!(store.share_conversation(bob, alice).await.unwrap());
+        assert!(!store.share_conversation(alice, carol).await.unwrap());
+        assert!(!store.share_conversation(bob, carol).await.unwrap());
+        store.close().await;
+    }
+
     async fn a_repeated_client_id_is_an_outcome_not_an_error(backend: Backend) {
         let db = TestDb::create(backend).await;
         let store = open(&db).await;
