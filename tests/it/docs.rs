@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::common::{Backend, TestApp};
+use crate::common::{Backend, TestApp, chromium};
 
 const ROUTES: [(&str, &str); 15] = [
     ("get", "/health"),
@@ -154,19 +154,9 @@ async fn the_message_length_in_the_document_is_the_configured_one() {
     app.stop().await;
 }
 
-fn chromium() -> String {
-    let path = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&path).exists(),
-        "headless Chromium is needed for this test: apt-get install chromium (.ci/run does), \
-         or point CHROMIUM at a binary"
-    );
-    path
-}
-
 /// The page's DOM after its scripts ran.
 async fn rendered(url: String) -> String {
-    let browser = chromium();
+    let browser = chromium::binary();
     tokio::task::spawn_blocking(move || {
         let profile = std::env::temp_dir().join(format!(
             "teachlyd-chromium-{}-{}",

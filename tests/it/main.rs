@@ -5,6 +5,7 @@ mod common;
 
 mod admin;
 mod auth;
+mod browser;
 mod chat;
 mod cli;
 mod completions;

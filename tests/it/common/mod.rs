@@ -2,6 +2,7 @@
 //! file or PostgreSQL database, dropped afterwards), and real HTTP and WebSocket clients.
 
 pub mod binary;
+pub mod chromium;
 pub mod daemon;
 pub mod db;
 pub mod google;
