@@ -194,7 +194,7 @@ struct Process {
 
 impl Process {
     fn spawn() -> Self {
-        let profile = std::env::temp_dir().join(unique_name());
+        let profile = std::env::temp_dir().join(super::db::unique_name("teachlyd-chromium"));
         std::fs::create_dir_all(&profile).expect("create a Chromium profile directory");
         let spawned = Command::new(binary())
             .args([
@@ -286,21 +286,6 @@ fn read_stderr(stderr: impl Read, tail: &Tail, found: oneshot::Sender<String>) {
             tail.push(line);
         }
     }
-}
-
-fn unique_name() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "teachlyd-chromium-{}-{}-{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// One browser-wide DevTools connection; commands for a tab carry its flattened session id.

@@ -26,7 +26,8 @@ fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-fn unique_name() -> String {
+/// A name no other test of any run picks: `prefix` with the process, the clock and a counter.
+pub fn unique_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
@@ -34,7 +35,7 @@ fn unique_name() -> String {
         .unwrap()
         .as_nanos();
     format!(
-        "teachlyd_test_{}_{}_{}",
+        "{prefix}_{}_{}_{}",
         std::process::id(),
         nanos % 1_000_000_000_000,
         COUNTER.fetch_add(1, Ordering::Relaxed)
@@ -43,7 +44,7 @@ fn unique_name() -> String {
 
 impl TestDb {
     pub async fn create(backend: Backend) -> Self {
-        let name = unique_name();
+        let name = unique_name("teachlyd_test");
         match backend {
             Backend::Sqlite => {
                 let dir = std::env::temp_dir().join(&name);
