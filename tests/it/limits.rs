@@ -213,6 +213,8 @@ on_both_backends! {
         assert_eq!(app.send(&alice, bob.id, "hi").await.0, 201);
         let mut alice_ws = app.connect(&alice).await;
         let mut bob_ws = app.connect(&bob).await;
+        // A typing notice reaches only sockets already registered; the backlog proves bob's is.
+        bob_ws.until("new_message").await;
         alice_ws.send_json(&json!({"event": "typing", "to": bob.id})).await;
         assert_eq!(bob_ws.until("typing").await["from"], alice.id);
         alice_ws.send_json(&json!({"event": "typing", "to": bob.id})).await;
