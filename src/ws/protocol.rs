@@ -217,10 +217,154 @@ mod tests {
         assert_eq!(error.client_id.as_deref(), Some("abc"));
     }
 
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        for depth in [200, 100_000] {
+            let nested = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+            let frame = format!(r#"{{"event":"message","to":1,"message":"x","extra":{nested}}}"#);
+            assert_eq!(code(&frame), "invalid_json", "depth {depth}");
+        }
+    }
+
+    const CODES: [&str; 3] = ["invalid_json", "invalid_field", "unknown_event"];
+    const FIELDS: [&str; 6] = ["event", "to", "message", "message_id", "client_id", "extra"];
+
+    /// Any JSON value a client could put in a field, nested a few levels.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            prop_oneof![
+                Just("message".to_owned()),
+                Just("message_seen".to_owned()),
+                Just("typing".to_owned()),
+                Just("ping".to_owned()),
+                "-?[0-9]{1,20}",
+                " ?\\+?[0-9]{1,4} ?",
+                ".{0,12}",
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::vec((prop::sample::select(FIELDS.to_vec()), inner), 0..4)
+                    .prop_map(|fields| {
+                        Value::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                    }),
+            ]
+        })
+    }
+
+    /// A frame that is an object whose fields are the protocol's names with values of any type.
+    fn object_frame() -> impl Strategy<Value = serde_json::Map<String, Value>> {
+        let event = prop_oneof![
+            4 => prop::sample::select(vec!["message", "message_seen", "typing", "ping"])
+                .prop_map(Value::from),
+            1 => any_json(),
+        ];
+        let field = (prop::sample::select(FIELDS[1..].to_vec()), any_json());
+        (
+            prop::option::weighted(0.95, event),
+            prop::collection::vec(field, 0..5),
+        )
+            .prop_map(|(event, fields)| {
+                let mut object: serde_json::Map<String, Value> = fields
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value))
+                    .collect();
+                if let Some(event) = event {
+                    object.insert("event".into(), event);
+                }
+                object
+            })
+    }
+
+    /// The id a field holds, as the contract reads it: a positive JSON integer or digits in a string.
+    fn expected_id(value: Option<&Value>) -> Option<i64> {
+        let id = match value? {
+            Value::Number(number) => number.as_i64()?,
+            Value::String(text) => text.trim().parse().ok()?,
+            _ => return None,
+        };
+        (id > 0).then_some(id)
+    }
+
     proptest! {
         #[test]
         fn never_panics(frame in ".*") {
             let _ = parse(&frame);
+        }
+
+        /// Every object a client could build from the protocol's own names is either read exactly as
+        /// the contract says or refused with one of the three codes, and a message's refusal carries
+        /// back the client id it could read.
+        #[test]
+        fn an_object_is_read_as_the_contract_says_or_refused_with_a_code(object in object_frame()) {
+            let frame = Value::Object(object.clone()).to_string();
+            let event = object.get("event").and_then(Value::as_str);
+            match parse(&frame) {
+                Ok(ClientEvent::Ping) => prop_assert_eq!(event, Some("ping")),
+                Ok(ClientEvent::Typing { to }) => {
+                    prop_assert_eq!(event, Some("typing"));
+                    prop_assert_eq!(Some(to), expected_id(object.get("to")));
+                }
+                Ok(ClientEvent::MessageSeen { message_id }) => {
+                    prop_assert_eq!(event, Some("message_seen"));
+                    prop_assert_eq!(Some(message_id), expected_id(object.get("message_id")));
+                }
+                Ok(ClientEvent::Message { to, message, client_id }) => {
+                    prop_assert_eq!(event, Some("message"));
+                    prop_assert_eq!(Some(to), expected_id(object.get("to")));
+                    prop_assert_eq!(Some(&Value::from(message)), object.get("message"));
+                    let sent_id = object.get("client_id").and_then(Value::as_str);
+                    prop_assert_eq!(client_id.as_deref(), sent_id);
+                }
+                Err(error) => {
+                    prop_assert!(CODES.contains(&error.code), "{:?}", error);
+                    prop_assert!(!error.detail.is_empty());
+                    let read_everything = match event {
+                        Some("ping") => true,
+                        Some("typing") => expected_id(object.get("to")).is_some(),
+                        Some("message_seen") => expected_id(object.get("message_id")).is_some(),
+                        Some("message") => {
+                            expected_id(object.get("to")).is_some()
+                                && object.get("message").is_some_and(Value::is_string)
+                                && object.get("client_id").is_none_or(|id| id.is_null() || id.is_string())
+                        }
+                        _ => false,
+                    };
+                    prop_assert!(!read_everything, "{} refused: {:?}", frame, error);
+                    if event == Some("message") && error.code == "invalid_field" {
+                        let sent_id = object.get("client_id").and_then(Value::as_str);
+                        prop_assert_eq!(error.client_id.as_deref(), sent_id);
+                    }
+                }
+            }
+        }
+
+        /// Bytes cut anywhere or changed in a frame the parser reads are refused with a code or read;
+        /// never a panic, and never an error without its code.
+        #[test]
+        fn a_damaged_frame_is_refused_with_a_code(
+            object in object_frame(),
+            cut in any::<prop::sample::Index>(),
+            noise in "[\\x00-\\x7f]{0,3}",
+        ) {
+            let frame = Value::Object(object).to_string();
+            let mut at = cut.index(frame.len() + 1);
+            while !frame.is_char_boundary(at) {
+                at -= 1;
+            }
+            let mut rest = frame[at..].chars();
+            rest.next();
+            let damaged = format!("{}{noise}{}", &frame[..at], rest.as_str());
+            if let Err(error) = parse(&damaged) {
+                prop_assert!(CODES.contains(&error.code), "{:?}", error);
+            }
         }
 
         #[test]
