@@ -6,7 +6,9 @@ use std::{sync::Arc, time::Instant};
 use time::OffsetDateTime;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{auth::Auth, chat::Chat, config::Config, hub::Hub, live::Live, store::Store};
+use crate::{
+    auth::Auth, chat::Chat, config::Config, hub::Hub, live::Live, metrics::Metrics, store::Store,
+};
 
 pub struct App {
     /// The configuration the server started with; what SIGHUP changes lives in `live`.
@@ -16,6 +18,7 @@ pub struct App {
     pub hub: Arc<Hub>,
     pub chat: Chat,
     pub auth: Auth,
+    pub metrics: Arc<Metrics>,
     pub started: Started,
     /// Fires when the server starts shutting down.
     pub shutdown: CancellationToken,

@@ -12,6 +12,7 @@ pub mod domain;
 pub mod http;
 pub mod hub;
 pub(crate) mod live;
+pub mod metrics;
 pub mod rate;
 pub mod server;
 pub mod store;

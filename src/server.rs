@@ -26,7 +26,8 @@ use crate::{
     },
     hub::{CloseCode, Hub},
     live::Live,
-    store::{KnownUsers, Store, StoreError},
+    metrics::Metrics,
+    store::{Store, StoreError},
 };
 
 /// How long shutdown waits for the database after the grace ran out, whatever the database does.
@@ -100,16 +101,16 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<RunningServer
         config.auth.access_token_ttl.0,
     ));
     let auth = Auth::new(&config, store.clone(), Arc::clone(&hub))?;
-    let users = Arc::new(KnownUsers::new(store.clone()));
     let shutdown = CancellationToken::new();
     let background = TaskTracker::new();
     let live = Arc::new(Live::new(&config));
+    let metrics = Arc::new(Metrics::new());
     let chat = Chat::start(
         &config,
         store.clone(),
         Arc::clone(&hub),
-        users,
         Arc::clone(&live),
+        Arc::clone(&metrics),
         shutdown.child_token(),
         &background,
     )
@@ -124,6 +125,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<RunningServer
         hub,
         chat,
         auth,
+        metrics,
         started: Started::now(),
         shutdown: shutdown.clone(),
         sockets: TaskTracker::new(),
@@ -135,7 +137,12 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<RunningServer
         TrustedProxies::clone(&trusted),
     );
     let header_timeout = app.config.server.header_timeout.0;
-    let routes = http::routes(Arc::clone(&app), document, Arc::clone(&methods));
+    let routes = http::routes(
+        Arc::clone(&app),
+        document,
+        Arc::clone(&methods),
+        app.config.metrics_allow()?,
+    );
     let front = Front::new(routes, methods, Arc::clone(&app), trusted);
     let http = tokio::spawn(serve_http(
         listener,

@@ -7,13 +7,7 @@ mod peers;
 mod presence;
 mod writer;
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
 use tokio::sync::oneshot;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -29,6 +23,7 @@ use crate::{
     },
     hub::{ConnectionHandle, ConnectionId, Hub, Refusal, Slot},
     live::Live,
+    metrics::Metrics,
     store::{KnownUsers, SeenReceipt, Store, StoreError},
 };
 use peers::Peers;
@@ -83,8 +78,7 @@ pub struct Chat {
     live: Arc<Live>,
     /// Every database wait on a sender's path ends by then (SPEC `database.write_timeout`).
     write_timeout: std::time::Duration,
-    /// Messages stored since start, for `teachlyd admin stats`.
-    stored: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 /// A message's socket: it hears `message_sent` from its own answer, and its turn keeps the socket's
@@ -148,8 +142,8 @@ impl Chat {
         config: &Config,
         store: Store,
         hub: Arc<Hub>,
-        users: Arc<KnownUsers>,
         live: Arc<Live>,
+        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Self, StoreError> {
@@ -158,6 +152,7 @@ impl Chat {
             store.lane(write_timeout).await?,
             store.clone(),
             Arc::clone(&hub),
+            Arc::clone(&metrics),
             write_timeout,
             shutdown.clone(),
             tasks,
@@ -172,14 +167,14 @@ impl Chat {
         tasks.spawn(forget_idle_senders(Arc::clone(&live), shutdown));
         Ok(Self {
             peers: Peers::new(store.clone()),
+            users: Arc::new(KnownUsers::new(store.clone())),
             store,
             hub,
-            users,
             commits,
             presence,
             live,
             write_timeout,
-            stored: AtomicU64::new(0),
+            metrics,
         })
     }
 
@@ -189,6 +184,22 @@ impl Chat {
     /// hears `message_sent` from this answer rather than from the hub, and whose messages are stored
     /// in the order it sent them.
     pub async fn send(
+        &self,
+        from: UserId,
+        to: UserId,
+        text: &str,
+        client_id: Option<String>,
+        socket: Option<FromSocket>,
+    ) -> Result<Stored, ChatError> {
+        let outcome = self.try_send(from, to, text, client_id, socket).await;
+        match &outcome {
+            Ok(_) => self.peers.record(from, to),
+            Err(error) => self.metrics.message_rejected(error.code()),
+        }
+        outcome
+    }
+
+    async fn try_send(
         &self,
         from: UserId,
         to: UserId,
@@ -214,7 +225,7 @@ impl Chat {
             deadline,
             self.store_new(from, to, text, client_id.clone(), socket, deadline),
         );
-        let outcome = match attempt.await {
+        match attempt.await {
             // A retry of a message stored earlier is answered with it, even if a rule would refuse
             // the same text now (the repeat rule counts it, a reloaded rule may differ).
             Err(ChatError::Content(rejection)) => match client_id {
@@ -231,20 +242,13 @@ impl Chat {
                 None => Err(rejection.into()),
             },
             outcome => outcome,
-        };
-        if let Ok(stored) = &outcome {
-            self.peers.record(from, to);
-            if stored.created {
-                self.stored.fetch_add(1, Ordering::Relaxed);
-            }
         }
-        outcome
     }
 
     /// Messages this instance stored since it started; a retry answered with a stored one does not
     /// count.
     pub fn messages_stored(&self) -> u64 {
-        self.stored.load(Ordering::Relaxed)
+        self.metrics.messages_sent()
     }
 
     async fn store_new(
@@ -348,6 +352,9 @@ impl Chat {
         seen_at: sqlx::types::time::OffsetDateTime,
         origin: Option<ConnectionId>,
     ) {
+        let delivered = receipts.iter().filter(|seen| seen.delivered_now).count();
+        self.metrics.messages_delivered(delivered);
+        self.metrics.messages_seen(receipts.len());
         for SeenReceipt {
             receipt,
             delivered_now,
@@ -413,6 +420,7 @@ impl Chat {
         if slot.register(handle)? {
             self.presence.changed(user);
         }
+        self.metrics.websocket_opened();
         Ok(Registration {
             hub: Arc::clone(&self.hub),
             presence: self.presence.clone(),

@@ -24,6 +24,7 @@ use super::events::ServerEvent;
 use crate::{
     domain::{Message, MessageId, NewMessage, Receipt, Stored, UserId, now},
     hub::{ConnectionId, Hub},
+    metrics::Metrics,
     store::{Lane, Store, StoreError},
 };
 
@@ -92,6 +93,7 @@ impl GroupCommit {
         lane: Lane,
         reads: Store,
         hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
         write_timeout: Duration,
         shutdown: CancellationToken,
         tasks: &tokio_util::task::TaskTracker,
@@ -102,6 +104,7 @@ impl GroupCommit {
             lane,
             reads,
             hub,
+            metrics,
             write_timeout,
             margin: ANSWER_MARGIN.min(write_timeout / 10),
         };
@@ -240,6 +243,7 @@ struct Writer {
     lane: Lane,
     reads: Store,
     hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
     write_timeout: Duration,
     margin: Duration,
 }
@@ -348,6 +352,7 @@ impl Writer {
 
     /// Each sender hears `message_delivered` once: only for the rows this transaction changed.
     fn announce_delivered(&self, receipts: &[Receipt], delivered_at: OffsetDateTime) {
+        self.metrics.messages_delivered(receipts.len());
         for receipt in receipts {
             let event = ServerEvent::MessageDelivered {
                 message_id: receipt.id,
@@ -369,6 +374,9 @@ impl Writer {
             ..row.message
         };
         let message = taken.stored_as(id);
+        // Accepted when its timestamp was taken; a clock stepped back counts as no wait.
+        let waited = (now() - message.timestamp).try_into().unwrap_or_default();
+        self.metrics.message_stored(waited);
         let owner = row.waiting.first().and_then(|waiter| waiter.origin);
         // Serialized only for someone to get it: most senders have no other socket open.
         if self.hub.reaches(message.from_id, owner) {

@@ -32,6 +32,7 @@ pub struct Config {
     pub urls: UrlsConfig,
     pub admin: AdminConfig,
     pub rate_limit: RateLimitConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -159,6 +160,30 @@ pub struct AdminConfig {
     /// Members of this group may use the admin socket, besides root and the daemon's own user.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// CIDRs (or addresses) of the clients that may read `/metrics`; everyone else gets 403.
+    pub allow: Vec<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            allow: [
+                "127.0.0.0/8",
+                "::1/128",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "fc00::/7",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
 }
 
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/teachlyd/admin.sock";
@@ -453,6 +478,7 @@ impl Config {
             validate_origin(origin)?;
         }
         self.trusted_proxies()?;
+        self.metrics_allow()?;
         validate_database_url(&self.database.url)?;
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
@@ -662,23 +688,12 @@ impl Config {
 
     /// `server.trusted_proxies` parsed: CIDRs, or single addresses.
     pub fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
-        self.server
-            .trusted_proxies
-            .iter()
-            .map(|entry| {
-                let entry = entry.trim();
-                entry
-                    .parse::<ipnet::IpNet>()
-                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map(|net| net.trunc())
-                    .map_err(|_| {
-                        invalid(
-                            "server.trusted_proxies",
-                            format!("`{entry}` is neither a CIDR like 10.0.0.0/8 nor an address"),
-                        )
-                    })
-            })
-            .collect()
+        networks("server.trusted_proxies", &self.server.trusted_proxies)
+    }
+
+    /// `metrics.allow` parsed: CIDRs, or single addresses.
+    pub fn metrics_allow(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        networks("metrics.allow", &self.metrics.allow)
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -837,3 +852,23 @@ pub(crate) fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<Stri
 
 #[cfg(test)]
 mod tests;
+
+/// A list of CIDRs or single addresses, as `key` holds it.
+fn networks(key: &str, entries: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    entries
+        .iter()
+        .map(|entry| {
+            let entry = entry.trim();
+            entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| {
+                    invalid(
+                        key,
+                        format!("`{entry}` is neither a CIDR like 10.0.0.0/8 nor an address"),
+                    )
+                })
+        })
+        .collect()
+}

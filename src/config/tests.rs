@@ -290,6 +290,11 @@ fn protection_keys_refuse_what_would_disable_or_break_them() {
             key,
             "{bad:?}"
         );
+        assert_eq!(
+            check(&|c| c.metrics.allow = vec!["127.0.0.1".into(), bad.into()]),
+            "metrics.allow",
+            "{bad:?}"
+        );
     }
     assert_eq!(
         check(&|c| c.rate_limit.health_per_minute = 0),
@@ -324,6 +329,29 @@ fn protection_keys_refuse_what_would_disable_or_break_them() {
         .map(ToString::to_string)
         .collect();
     assert_eq!(parsed, ["10.0.0.0/8", "192.0.2.7/32", "::1/128"]);
+    let allowed = Config::default().metrics_allow().unwrap();
+    let allows = |address: &str| {
+        allowed
+            .iter()
+            .any(|net| net.contains(&address.parse::<std::net::IpAddr>().unwrap()))
+    };
+    assert!(
+        [
+            "127.0.0.1",
+            "::1",
+            "10.9.8.7",
+            "172.31.0.1",
+            "192.168.1.1",
+            "fd00::1"
+        ]
+        .into_iter()
+        .all(allows)
+    );
+    assert!(
+        !["203.0.113.1", "172.32.0.1", "2001:db8::1"]
+            .into_iter()
+            .any(allows)
+    );
 }
 
 #[test]

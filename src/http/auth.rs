@@ -11,8 +11,9 @@ use super::{
 };
 use crate::{
     app::App,
-    auth::{Session, holds_email_address},
+    auth::{AuthError, Session, holds_email_address},
     domain::Me,
+    metrics::SignIn,
 };
 
 const MAX_DEV_NAME_CHARS: usize = 64;
@@ -117,8 +118,23 @@ fn session_response(app: &App, session: Session) -> Response {
         (status = 503, description = "`auth_unavailable`: Google's keys could not be fetched; `unavailable`: the database did not answer", body = ErrorBody)))]
 async fn login(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
     let request: LoginRequest = parse_json(&body)?;
-    let session = app.auth.login_google(&request.id_token).await?;
+    let session = counted(
+        &app,
+        SignIn::Google,
+        app.auth.login_google(&request.id_token).await,
+    )?;
     Ok(session_response(&app, session))
+}
+
+/// Counts a sign-in or refresh that got as far as checking its credentials, by its outcome.
+fn counted<T>(app: &App, method: SignIn, outcome: Result<T, AuthError>) -> Result<T, ApiError> {
+    let outcome = outcome.map_err(ApiError::from);
+    let result = match &outcome {
+        Ok(_) => "success",
+        Err(error) => error.code,
+    };
+    app.metrics.auth_attempt(method, result);
+    outcome
 }
 
 #[utoipa::path(post, path = "/auth/dev-login", tag = "auth", operation_id = "dev_login",
@@ -153,7 +169,7 @@ async fn dev_login(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
             "name must not be an email address: every signed-in user can see and search it",
         ));
     }
-    let session = app.auth.login_dev(name).await?;
+    let session = counted(&app, SignIn::Dev, app.auth.login_dev(name).await)?;
     Ok(session_response(&app, session))
 }
 
@@ -168,7 +184,11 @@ async fn dev_login(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
         (status = 422, description = "`invalid_field`: `refresh_token` is missing, not a string, or next to an unknown field", body = ErrorBody)))]
 async fn refresh(app: Arc<App>, body: Bytes) -> Result<Response, ApiError> {
     let request: RefreshRequest = parse_json(&body)?;
-    let session = app.auth.refresh(&request.refresh_token).await?;
+    let session = counted(
+        &app,
+        SignIn::Refresh,
+        app.auth.refresh(&request.refresh_token).await,
+    )?;
     Ok(session_response(&app, session))
 }
 

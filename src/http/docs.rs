@@ -22,7 +22,7 @@ use warp::{
     reply::{Reply, Response},
 };
 
-use super::{auth, conversations, error::ErrorBody, health, users};
+use super::{auth, conversations, error::ErrorBody, health, metrics, users};
 use crate::{
     config::Config,
     domain::{Me, Message, PublicUser},
@@ -70,7 +70,7 @@ init("/openapi.json", {}, document.getElementById("redoc-container"));
     paths(
         health::health, health::ready, auth::login, auth::dev_login, auth::refresh, auth::logout,
         users::me, users::search, users::one, conversations::list, conversations::history,
-        conversations::send, conversations::seen, crate::ws::upgrade
+        conversations::send, conversations::seen, crate::ws::upgrade, metrics::scrape
     ),
     components(schemas(
         health::Health, health::Readiness, auth::LoginRequest, auth::DevLoginRequest,

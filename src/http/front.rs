@@ -90,6 +90,7 @@ impl Front {
         let early = refuse_or_preflight(origins, origin.as_ref(), &request).or_else(|| {
             let (scope, key) = self.limit_of(&route, &method, client, request.headers())?;
             let refused = rules.rate.check(scope, key).err()?;
+            self.app.metrics.rate_limited(scope);
             tracing::debug!(scope = scope.name(), %client, "rate limited");
             Some(rate_limited(refused))
         });
@@ -145,11 +146,14 @@ impl Front {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         // The route's template only: the path holds ids, and its query may hold an access token.
+        let took = started.elapsed();
+        let status = response.status().as_u16();
+        self.app.metrics.http_request(&method, &route, status, took);
         tracing::info!(
             method = %method,
             route = %route,
-            status = response.status().as_u16(),
-            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            status,
+            latency_ms = took.as_secs_f64() * 1000.0,
             "request"
         );
         response
@@ -191,7 +195,8 @@ pub(crate) fn scope_of(route: &str, method: &Method) -> Option<Scope> {
         "ready" => Some(Scope::Ready),
         "auth" => Some(Scope::Auth),
         "ws" => Some(Scope::WsUpgrades),
-        "docs" | "redoc" | "api-docs" | "openapi.json" => None,
+        // Prometheus scrapes from `metrics.allow` addresses only, on its own schedule.
+        "docs" | "redoc" | "api-docs" | "openapi.json" | "metrics" => None,
         _ if method == Method::GET || method == Method::HEAD => Some(Scope::ChatReads),
         _ => Some(Scope::ChatWrites),
     }
@@ -331,6 +336,11 @@ mod tests {
                 (Method::POST, item.post.is_some()),
             ];
             for (method, _) in methods.iter().filter(|(_, present)| *present) {
+                if path == "/metrics" {
+                    assert_eq!(scope_of(path, method), None, "Prometheus scrapes unlimited");
+                    seen += 1;
+                    continue;
+                }
                 let expected = match path.as_str() {
                     "/health" => Scope::Health,
                     "/ready" => Scope::Ready,

@@ -12,6 +12,7 @@ pub(crate) mod error;
 pub(crate) mod extract;
 pub(crate) mod front;
 mod health;
+mod metrics;
 mod users;
 
 use std::{convert::Infallible, sync::Arc};
@@ -33,6 +34,7 @@ pub fn routes(
     app: Arc<App>,
     document: utoipa::openapi::OpenApi,
     methods: Arc<allow::Methods>,
+    metrics_allow: Vec<ipnet::IpNet>,
 ) -> BoxedFilter<(Response,)> {
     health::routes(Arc::clone(&app))
         .or(auth::routes(Arc::clone(&app)))
@@ -42,6 +44,8 @@ pub fn routes(
         .or(conversations::routes(Arc::clone(&app)))
         .unify()
         .or(crate::ws::routes(Arc::clone(&app)))
+        .unify()
+        .or(metrics::routes(Arc::clone(&app), metrics_allow))
         .unify()
         .or(docs::routes(document))
         .unify()

@@ -4,6 +4,7 @@ use std::{
         Arc,
         atomic::{AtomicU8, AtomicU64, Ordering},
     },
+    time::Instant,
 };
 
 use time::OffsetDateTime;
@@ -20,8 +21,9 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 #[derive(Debug, Clone)]
 pub struct Outbound {
     pub frame: Arc<str>,
-    /// Set on `new_message`: once the frame is written, the message counts as delivered.
-    pub delivers: Option<MessageId>,
+    /// Set on `new_message`: once the frame is written, the message counts as delivered. With it,
+    /// when the message was committed, for `teachly_message_delivery_seconds`.
+    pub delivers: Option<(MessageId, Instant)>,
 }
 
 impl Outbound {
@@ -32,10 +34,11 @@ impl Outbound {
         }
     }
 
+    /// A message just committed, on its way to its recipient.
     pub fn new_message(frame: Arc<str>, id: MessageId) -> Self {
         Self {
             frame,
-            delivers: Some(id),
+            delivers: Some((id, Instant::now())),
         }
     }
 }

@@ -32,7 +32,7 @@ pub enum Scope {
 }
 
 impl Scope {
-    const ALL: [Scope; 8] = [
+    pub const ALL: [Scope; 8] = [
         Scope::Health,
         Scope::Ready,
         Scope::Auth,

@@ -149,11 +149,12 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
-/// How many database connections are open, and how many are lent out.
+/// How many database connections are open, how many are lent out, and how many may be open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolUsage {
     pub open: usize,
     pub in_use: usize,
+    pub max: usize,
 }
 
 /// One migration and whether it has been applied, for `teachlyd migrate --status`.
@@ -340,16 +341,22 @@ impl Store {
 
     /// Connections the pools hold open, and how many of those are lent out right now.
     pub fn pool_usage(&self) -> PoolUsage {
-        let (open, idle) = match self {
-            Store::Postgres(pool) => (pool.size(), pool.num_idle()),
+        let (open, idle, max) = match self {
+            Store::Postgres(pool) => (
+                pool.size(),
+                pool.num_idle(),
+                pool.options().get_max_connections(),
+            ),
             Store::Sqlite { writer, reader } => (
                 writer.size() + reader.size(),
                 writer.num_idle() + reader.num_idle(),
+                writer.options().get_max_connections() + reader.options().get_max_connections(),
             ),
         };
         PoolUsage {
             open: open as usize,
             in_use: (open as usize).saturating_sub(idle),
+            max: max as usize,
         }
     }
 

@@ -165,8 +165,9 @@ struct Socket {
     backlog_sent: HashSet<MessageId>,
     /// Client frames waiting for the database, answered in the order they came.
     in_flight: FuturesOrdered<Pending>,
-    /// Messages fed since the last flush, recorded as delivered once it is done.
-    delivers: Vec<MessageId>,
+    /// Messages fed since the last flush, recorded as delivered once it is done; with their commit
+    /// time when they came live rather than from the backlog.
+    delivers: Vec<(MessageId, Option<Instant>)>,
     /// Resolves once the last message this socket sent is queued for commit (see `SendTurn`).
     last_turn: Option<oneshot::Receiver<()>>,
     /// Frames refused lately: a socket that goes on sending regardless is closed with 1008.
@@ -321,7 +322,7 @@ impl Socket {
             self.feed(&frame).await?;
             fed += frame.len();
             self.backlog_sent.insert(message.id);
-            self.delivers.push(message.id);
+            self.delivers.push((message.id, None));
             if fed >= WRITE_BUFFER {
                 self.flush_deliveries().await?;
                 fed = 0;
@@ -344,11 +345,12 @@ impl Socket {
         let (mut fed, mut taken) = (0, 1);
         while let Some(outbound) = next.take() {
             match outbound.delivers {
-                Some(id) if self.backlog_sent.remove(&id) => {}
+                Some((id, _)) if self.backlog_sent.remove(&id) => {}
                 delivers => {
                     self.feed(&outbound.frame).await?;
                     fed += outbound.frame.len();
-                    self.delivers.extend(delivers);
+                    self.delivers
+                        .extend(delivers.map(|(id, committed)| (id, Some(committed))));
                 }
             }
             if fed >= WRITE_BUFFER {
@@ -367,8 +369,11 @@ impl Socket {
     /// Flushes what was fed, then records the messages in it as delivered.
     async fn flush_deliveries(&mut self) -> Result<(), ()> {
         self.flush().await?;
-        for id in self.delivers.drain(..) {
+        for (id, committed) in self.delivers.drain(..) {
             self.app.chat.delivered(id);
+            if let Some(committed) = committed {
+                self.app.metrics.delivery_took(committed.elapsed());
+            }
         }
         Ok(())
     }
@@ -432,11 +437,19 @@ impl Socket {
 
     /// Counts one frame of `scope` against the user's limit.
     fn limit(&self, scope: Scope) -> Result<(), Limited> {
-        self.app
+        let checked = self
+            .app
             .live
             .rules()
             .rate
-            .check(scope, Key::User(self.user))
+            .check(scope, Key::User(self.user));
+        if checked.is_err() {
+            self.app.metrics.rate_limited(scope);
+            if scope == Scope::WsMessages {
+                self.app.metrics.message_rejected("rate_limited");
+            }
+        }
+        checked
     }
 
     /// Handles one well-formed event; answers a close code when the connection must end.

@@ -17,6 +17,7 @@ mod limits;
 mod load;
 mod man;
 mod messages;
+mod metrics;
 mod openapi;
 mod packaging;
 mod rest;
