@@ -115,6 +115,10 @@ pub struct Common {
     /// The longest the final exactly-once check waits for late deliveries and receipts.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, global = true)]
     pub settle: Duration,
+    /// Read /metrics of each server this often for the whole run, as Prometheus would, to measure
+    /// what being scraped costs (compare a run without it).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, global = true)]
+    pub scrape: Option<Duration>,
     /// Print one JSON line with every figure instead of the table.
     #[arg(long, global = true)]
     pub json: bool,

@@ -44,15 +44,46 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
         notes.push(warning);
     }
     let target = Target::start(&cli.common).await?;
+    let scraper = cli
+        .common
+        .scrape
+        .map(|every| tokio::spawn(scrape(target.metrics_urls(), every)));
     let outcome = tokio::select! {
         report = scenario::run(&cli, &target) => report,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
+    if let Some(scraper) = scraper {
+        scraper.abort();
+    }
     let exit = target.stop().await;
     let mut report = outcome?;
     report.server_exit = exit;
     report.notes.splice(0..0, notes);
     Ok(report)
+}
+
+/// Reads every URL of `urls` once per `every` until aborted, as Prometheus scrapes; a scrape that
+/// fails or is refused is reported on stderr and the scraping goes on.
+async fn scrape(urls: Vec<String>, every: std::time::Duration) {
+    let http = reqwest::Client::new();
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        for url in &urls {
+            let read = async {
+                http.get(url)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .bytes()
+                    .await
+            };
+            if let Err(error) = read.await {
+                eprintln!("teachly-load: scraping {url} failed: {error}");
+            }
+        }
+    }
 }
 
 /// Raises this process's open-file limit to its hard limit (a spawned server inherits it); answers

@@ -43,6 +43,15 @@ struct FreshDatabase {
 }
 
 impl Target {
+    /// `/metrics` of each server the run talks to.
+    pub fn metrics_urls(&self) -> Vec<String> {
+        let mut urls = vec![self.senders.http("/metrics")];
+        if self.recipients.http("/metrics") != urls[0] {
+            urls.push(self.recipients.http("/metrics"));
+        }
+        urls
+    }
+
     pub async fn start(common: &Common) -> anyhow::Result<Target> {
         if !common.urls.is_empty() {
             let urls = common
