@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder, core::Collector,
 };
 use warp::http::Method;
 
@@ -84,77 +84,54 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let gauge = |name: &str, help: &str| -> IntGauge {
-            let gauge = IntGauge::new(name, help).expect("a valid gauge");
+        // Every name and label set below is fixed, so a failure here is a bug caught by any test.
+        let register = |metric: Box<dyn Collector>| {
             registry
-                .register(Box::new(gauge.clone()))
-                .expect("registered once");
+                .register(metric)
+                .expect("a valid metric, registered once");
+        };
+        let gauge = |name: &str, help: &str| {
+            let gauge = IntGauge::new(name, help).expect("a valid gauge");
+            register(Box::new(gauge.clone()));
             gauge
         };
-        let counter = |name: &str, help: &str| -> IntCounter {
+        let counter = |name: &str, help: &str| {
             let counter = IntCounter::new(name, help).expect("a valid counter");
-            registry
-                .register(Box::new(counter.clone()))
-                .expect("registered once");
+            register(Box::new(counter.clone()));
             counter
         };
-        let counters = |name: &str, help: &str, labels: &[&str]| -> IntCounterVec {
+        let counters = |name: &str, help: &str, labels: &[&str]| {
             let counters = IntCounterVec::new(Opts::new(name, help), labels).expect("valid labels");
-            registry
-                .register(Box::new(counters.clone()))
-                .expect("registered once");
+            register(Box::new(counters.clone()));
             counters
         };
-        let histogram = |name: &str, help: &str, buckets: &[f64]| -> Histogram {
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            let gauges = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid labels");
+            register(Box::new(gauges.clone()));
+            gauges
+        };
+        let histograms = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+            let histograms = HistogramVec::new(opts, labels).expect("valid buckets and labels");
+            register(Box::new(histograms.clone()));
+            histograms
+        };
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
             let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
             let histogram = Histogram::with_opts(opts).expect("valid buckets");
-            registry
-                .register(Box::new(histogram.clone()))
-                .expect("registered once");
+            register(Box::new(histogram.clone()));
             histogram
         };
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "teachly_http_request_duration_seconds",
-                "Time from a request's arrival to its answer, by route template",
-            )
-            .buckets(HTTP_BUCKETS.to_vec()),
-            &["method", "route"],
-        )
-        .expect("valid labels");
-        registry
-            .register(Box::new(http_duration.clone()))
-            .expect("registered once");
-        let db_pool = IntGaugeVec::new(
-            Opts::new(
-                "teachly_db_pool_connections",
-                "Database connections of the request pool: idle, in_use, and max (its size limit)",
-            ),
-            &["state"],
-        )
-        .expect("valid labels");
-        registry
-            .register(Box::new(db_pool.clone()))
-            .expect("registered once");
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "teachly_build_info",
-                "Always 1; the version of the running binary",
-            ),
+        gauges(
+            "teachly_build_info",
+            "Always 1; the version of the running binary",
             &["version"],
         )
-        .expect("valid labels");
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        registry
-            .register(Box::new(build_info))
-            .expect("registered once");
-        registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
-            .expect("registered once");
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+        register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
 
         let metrics = Self {
             websocket_connections: gauge("teachly_websocket_connections", "WebSockets open now"),
@@ -199,7 +176,12 @@ impl Metrics {
                 "HTTP requests answered, by method, route template and status",
                 &["method", "route", "status"],
             ),
-            http_duration,
+            http_duration: histograms(
+                "teachly_http_request_duration_seconds",
+                "Time from a request's arrival to its answer, by route template",
+                &HTTP_BUCKETS,
+                &["method", "route"],
+            ),
             rate_limited: counters(
                 "teachly_rate_limited_total",
                 "Requests and WebSocket events refused by a rate limit (SPEC §7), by scope",
@@ -210,7 +192,11 @@ impl Metrics {
                 "Sign-ins and refreshes, by method and result (success or the error code)",
                 &["method", "result"],
             ),
-            db_pool,
+            db_pool: gauges(
+                "teachly_db_pool_connections",
+                "Database connections of the request pool: idle, in_use, and max (its size limit)",
+                &["state"],
+            ),
             registry,
         };
         for reason in REJECTION_REASONS {
