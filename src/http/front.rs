@@ -229,10 +229,12 @@ fn protect(route: &str, headers: &mut HeaderMap) {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    if !PAGES_WITH_SCRIPTS
-        .iter()
-        .any(|page| route == *page || route.starts_with(&format!("{page}/")))
-    {
+    let is_page = |page: &&str| {
+        route
+            .strip_prefix(*page)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    if !PAGES_WITH_SCRIPTS.iter().any(is_page) {
         headers.insert(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(API_CSP),
