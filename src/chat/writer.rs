@@ -294,9 +294,10 @@ impl Writer {
                     .unwrap_or(Err(StoreError::TimedOut));
             match attempt {
                 Ok(committed) => {
+                    let committed_at = crate::domain::now();
                     for (&index, id) in live.iter().zip(committed.ids) {
                         match id {
-                            Some(id) => self.created(&mut rows[index], id),
+                            Some(id) => self.created(&mut rows[index], id, committed_at),
                             None => conflicts.push(index),
                         }
                     }
@@ -366,7 +367,7 @@ impl Writer {
 
     /// A new row: the sender's other sockets and the recipient hear of it now, and every request
     /// waiting for it is answered.
-    fn created(&self, row: &mut Row, id: MessageId) {
+    fn created(&self, row: &mut Row, id: MessageId, committed_at: OffsetDateTime) {
         // The row is done with once created: its message moves on instead of being copied.
         let taken = NewMessage {
             content: std::mem::take(&mut row.message.content),
@@ -375,7 +376,9 @@ impl Writer {
         };
         let message = taken.stored_as(id);
         // Accepted when its timestamp was taken; a clock stepped back counts as no wait.
-        let waited = (now() - message.timestamp).try_into().unwrap_or_default();
+        let waited = (committed_at - message.timestamp)
+            .try_into()
+            .unwrap_or_default();
         self.metrics.message_stored(waited);
         let owner = row.waiting.first().and_then(|waiter| waiter.origin);
         // Serialized only for someone to get it: most senders have no other socket open.
