@@ -12,7 +12,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder, core::Collector,
 };
-use warp::http::Method;
+use warp::http::{Method, StatusCode};
 
 use crate::{rate::Scope, store::PoolUsage};
 
@@ -256,9 +256,8 @@ impl Metrics {
     }
 
     /// One HTTP request answered; `route` is its template, never its path.
-    pub fn http_request(&self, method: &Method, route: &str, status: u16, took: Duration) {
+    pub fn http_request(&self, method: &Method, route: &str, status: StatusCode, took: Duration) {
         let method = method_label(method);
-        let status = status.to_string();
         self.http_requests
             .with_label_values(&[method, route, status.as_str()])
             .inc();
@@ -355,7 +354,12 @@ mod tests {
         let metrics = Metrics::new();
         for method in ["BREW", "WHEN", "FOO"] {
             let method = Method::from_bytes(method.as_bytes()).unwrap();
-            metrics.http_request(&method, "unmatched", 405, Duration::from_millis(1));
+            metrics.http_request(
+                &method,
+                "unmatched",
+                StatusCode::METHOD_NOT_ALLOWED,
+                Duration::from_millis(1),
+            );
         }
         let text = metrics.render(0, 0, pool());
         assert!(

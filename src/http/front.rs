@@ -147,12 +147,12 @@ impl Front {
         }
         // The route's template only: the path holds ids, and its query may hold an access token.
         let took = started.elapsed();
-        let status = response.status().as_u16();
+        let status = response.status();
         self.app.metrics.http_request(&method, &route, status, took);
         tracing::info!(
             method = %method,
             route = %route,
-            status,
+            status = status.as_u16(),
             latency_ms = took.as_secs_f64() * 1000.0,
             "request"
         );
